@@ -1,0 +1,67 @@
+"""The ``stampflow`` command: one entry point, one subcommand per job.
+
+Each subcommand lives in the module that implements it and exposes ``register(subparsers, name)``,
+which adds its parser and sets ``func`` to a callable taking the parsed namespace and returning an
+exit code. Modules are imported lazily by name so ``stampflow --help`` stays fast and does not
+import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: subcommand -> (module that registers it, one-line help). Order is the order ``--help`` shows.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "decode": ("pipeline.decode_job", "decode alert files/archives and summarise them (no model)"),
+    "simulate": ("simulator.cli", "write realistic simulated ZTF alerts with labels"),
+    "montage": ("simulator.cli", "draw science/reference/difference triplets per class"),
+}
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser; only the chosen subcommand's module is imported.
+
+    Parameters
+    ----------
+    argv
+        Command-line arguments (without the program name), used to pick the subcommand to import.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser with every subcommand listed.
+    """
+    parser = argparse.ArgumentParser(
+        prog="stampflow",
+        description="Classify ZTF alerts from their first detection (ALeRCE stamp classifier).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in (argv or []) if not a.startswith("-")), None)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        if name == chosen:
+            importlib.import_module(module).register(sub, name)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``stampflow``; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    # Jobs that run a Beam pipeline accept Beam's own options (--runner, --project, ...) unparsed.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "beam_args_ok", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.beam_args = extra
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0 if args.command is None else 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Beam stage *stamps*: check that an alert's three cutouts decode into images.
+
+Pure work is :func:`transforms.stamps.decode_stamps`; this DoFn adapts it, routing alerts whose
+cutouts are null, JPEG, corrupt or not FITS to ``stamps`` dead letters with the alert's ids and its
+single-alert container as raw bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.alerts import Alert
+from transforms.dead_letters import dead_letter
+from transforms.schema import METRICS_NAMESPACE, STAGE_STAMPS, STAMP_KINDS
+from transforms.stamps import StampError, decode_stamps
+
+DEAD_LETTERS = "dead_letters"
+
+
+def alert_images(alert: Alert) -> dict[str, Any]:
+    """Decode the science, template and difference stamps of an alert.
+
+    Parameters
+    ----------
+    alert
+        A decoded alert.
+
+    Returns
+    -------
+    dict
+        ``{kind: float32 image}`` for each kind in :data:`transforms.schema.STAMP_KINDS`.
+
+    Raises
+    ------
+    transforms.stamps.StampError
+        When any cutout is null, not gzipped FITS, corrupt or of an unsupported type.
+    """
+    return decode_stamps({kind: alert.cutout_bytes(kind) for kind in STAMP_KINDS})
+
+
+class DecodeCutouts(beam.DoFn):
+    """Alert → ``(alert, {kind: image})``; undecodable cutouts → ``stamps`` dead letters."""
+
+    def __init__(self) -> None:
+        self.ok = Metrics.counter(METRICS_NAMESPACE, "alerts_with_stamps")
+        self.dead = Metrics.counter(METRICS_NAMESPACE, f"dead_letters_{STAGE_STAMPS}")
+
+    def process(self, alert: Alert) -> Iterator[Any]:
+        try:
+            images = alert_images(alert)
+        except StampError as e:
+            self.dead.inc()
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS,
+                dead_letter(
+                    STAGE_STAMPS, str(e), alert.source, alert.raw, alert.object_id, alert.candid
+                ),
+            )
+            return
+        self.ok.inc()
+        yield alert, images

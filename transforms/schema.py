@@ -1,0 +1,183 @@
+"""The one module that owns every name: classes, feature keys, stamp kinds, dead-letter fields.
+
+Everything downstream (features, model, sinks, BigQuery) imports names from here rather than spelling
+them as string literals, so a rename happens in one place. Units are given in the declarations.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Classes, in the order the network emits them (SPEC §6). Never reorder: imported weights depend on it.
+CLASS_NAMES: Final[tuple[str, ...]] = ("AGN", "SN", "VS", "asteroid", "bogus")
+
+#: Alert fields holding the three cutouts, in the channel order the network stacks them
+#: (science, template a.k.a. reference, difference).
+STAMP_KINDS: Final[tuple[str, ...]] = ("science", "template", "difference")
+CUTOUT_FIELDS: Final[dict[str, str]] = {
+    "science": "cutoutScience",
+    "template": "cutoutTemplate",
+    "difference": "cutoutDifference",
+}
+#: Side of a full ZTF cutout [pixels] (1.01 arcsec/pixel).
+STAMP_SIZE: Final[int] = 63
+
+#: Top-level fields every ZTF alert record must have, whatever its schema version (1.8 to 4.02).
+REQUIRED_ALERT_FIELDS: Final[tuple[str, ...]] = ("objectId", "candid", "candidate")
+#: Candidate fields every ZTF alert must carry for us to place it in time and on the sky.
+REQUIRED_CANDIDATE_FIELDS: Final[tuple[str, ...]] = (
+    "jd",  # [day] Julian date of the exposure midpoint
+    "ra",  # [deg] J2000
+    "dec",  # [deg] J2000
+    "fid",  # filter id: 1 g, 2 r, 3 i
+)
+
+# --- Dead letters (SPEC §9) -------------------------------------------------------------------------
+#: Pipeline stages a record can die in, in pipeline order.
+STAGE_READ: Final[str] = "read"  # the file or archive member could not be read at all
+STAGE_DECODE: Final[str] = "decode"  # Avro container / record / ZTF-shape problems
+STAGE_STAMPS: Final[str] = "stamps"  # cutout problems (null, JPEG, corrupt gzip, bad FITS, size)
+STAGE_FEATURES: Final[str] = "features"
+STAGE_INFERENCE: Final[str] = "inference"
+STAGES: Final[tuple[str, ...]] = (
+    STAGE_READ,
+    STAGE_DECODE,
+    STAGE_STAMPS,
+    STAGE_FEATURES,
+    STAGE_INFERENCE,
+)
+#: Columns of a dead-letter record, as written to JSONL / BigQuery. `raw` is base64 in files.
+DEAD_LETTER_FIELDS: Final[tuple[str, ...]] = (
+    "stage",
+    "reason",
+    "source",
+    "objectId",
+    "candid",
+    "raw",
+)
+
+#: Beam metrics namespace for every counter this project emits.
+METRICS_NAMESPACE: Final[str] = "stampflow"
+
+# --- Metadata features (SPEC §4, Carrasco-Davis et al. 2021 Table A1) -----------------------------
+#: Production feature order (23). The network's BatchNorm and every stats file are indexed by it.
+FEATURES_PRODUCTION: Final[tuple[str, ...]] = (
+    "sgscore1",  # [0..1] PS1 star/galaxy score of the nearest PS1 source (1 star); -999 none
+    "distpsnr1",  # [arcsec] distance to that source; -999 none
+    "sgscore2",  # [0..1] second-nearest PS1 source
+    "distpsnr2",  # [arcsec]
+    "sgscore3",  # [0..1] third-nearest PS1 source
+    "distpsnr3",  # [arcsec]
+    "isdiffpos",  # ALeRCE code: 0 positive subtraction ('t'/'1'), 1 negative ('f'/'0')
+    "fwhm",  # [pixel] of the source in the science image (SExtractor)
+    "magpsf",  # [mag] PSF-fit magnitude in the difference image
+    "sigmapsf",  # [mag] its 1-sigma uncertainty
+    "ra",  # [deg] J2000
+    "dec",  # [deg] J2000
+    "diffmaglim",  # [mag] 5-sigma limiting magnitude of the difference image
+    "classtar",  # [0..1] SExtractor star/galaxy score in the science image
+    "ndethist",  # [count] detections at this position (>= 3 sigma) to date
+    "ncovhist",  # [count] times this position was observed to date
+    "ecl_lat",  # [deg] barycentric mean ecliptic latitude (J2000)
+    "ecl_long",  # [deg] barycentric mean ecliptic longitude, [0, 360)
+    "gal_lat",  # [deg] Galactic latitude
+    "gal_long",  # [deg] Galactic longitude, [0, 360)
+    "non_detections",  # [count] ncovhist - ndethist
+    "chinr",  # DAOPhot chi of the nearest source in the reference image
+    "sharpnr",  # DAOPhot sharp of the nearest source in the reference image
+)
+#: Extra features of ALeRCE's ``best_model_so_far`` checkpoint, inserted after ``diffmaglim``.
+FEATURES_ALERCE_EXTRA: Final[tuple[str, ...]] = (
+    "rb",  # [0..1] RealBogus score (random forest)
+    "distnr",  # [pixel] distance to the nearest source in the reference image; -999 none
+    "magnr",  # [mag] magnitude of that source; -999 none
+)
+#: The 26-feature list of ALeRCE's ``best_model_so_far`` (same order as its feature_norm_stats).
+FEATURES_ALERCE_26: Final[tuple[str, ...]] = (
+    FEATURES_PRODUCTION[: FEATURES_PRODUCTION.index("diffmaglim") + 1]
+    + FEATURES_ALERCE_EXTRA
+    + FEATURES_PRODUCTION[FEATURES_PRODUCTION.index("diffmaglim") + 1 :]
+)
+#: Features computed from other fields rather than read from the candidate record.
+DERIVED_FEATURES: Final[tuple[str, ...]] = (
+    "isdiffpos",  # encoded from the 't'/'f'/'1'/'0' string
+    "ecl_lat",
+    "ecl_long",
+    "gal_lat",
+    "gal_long",
+    "non_detections",
+)
+#: Candidate fields that are non-nullable in every ZTF schema (1.8 to 4.02) and that features need;
+#: an alert lacking one (or holding NaN / an unknown isdiffpos) is a ``features`` dead letter.
+FEATURE_REQUIRED_FIELDS: Final[tuple[str, ...]] = (
+    "ra",
+    "dec",
+    "magpsf",
+    "sigmapsf",
+    "isdiffpos",
+    "ndethist",
+    "ncovhist",
+)
+#: isdiffpos strings -> ALeRCE code. Counter-intuitive on purpose: ALeRCE weights expect it.
+ISDIFFPOS_CODES: Final[dict[str, float]] = {"t": 0.0, "1": 0.0, "f": 1.0, "0": 1.0}
+
+#: Clipping applied before standardisation (SPEC §4, Table A1): feature -> (lower, upper), None for
+#: an open side. Features not listed are not clipped.
+CLIP_BOUNDS: Final[dict[str, tuple[float | None, float | None]]] = {
+    "sgscore1": (-1.0, None),
+    "distpsnr1": (-1.0, None),  # [arcsec]
+    "sgscore2": (-1.0, None),
+    "distpsnr2": (-1.0, None),  # [arcsec]
+    "sgscore3": (-1.0, None),
+    "distpsnr3": (-1.0, None),  # [arcsec]
+    "fwhm": (None, 10.0),  # [pixel]
+    "ndethist": (None, 20.0),  # [count]
+    "ncovhist": (None, 3000.0),  # [count]
+    "chinr": (-1.0, 15.0),
+    "sharpnr": (-1.0, 1.5),
+    "non_detections": (None, 2000.0),  # [count]
+    "distnr": (-1.0, None),  # [pixel]
+    "magnr": (-1.0, None),  # [mag]
+}
+
+#: Value imputed for a null (or NaN/inf) nullable candidate field, *before* clipping; every
+#: imputation is counted per feature. Policy:
+#:
+#: - fields whose "no counterpart" value ZTF already writes as -999 (PS1 and reference-image cross-
+#:   matches) get -999, i.e. "no counterpart", which clipping then maps to -1 exactly like ZTF's own
+#:   sentinel;
+#: - the other measurements get the mean of ALeRCE's training set (``best_model_so_far`` stats), so
+#:   they are neutral: 0 after standardisation with ALeRCE's stats.
+#:
+#: Required fields (:data:`FEATURE_REQUIRED_FIELDS`) are never imputed: their absence is an error.
+IMPUTE_VALUES: Final[dict[str, float]] = {
+    "sgscore1": -999.0,
+    "distpsnr1": -999.0,  # [arcsec]
+    "sgscore2": -999.0,
+    "distpsnr2": -999.0,  # [arcsec]
+    "sgscore3": -999.0,
+    "distpsnr3": -999.0,  # [arcsec]
+    "distnr": -999.0,  # [pixel]
+    "magnr": -999.0,  # [mag]
+    "fwhm": 2.617771,  # [pixel]
+    "diffmaglim": 20.216649,  # [mag]
+    "classtar": 0.856637,
+    "rb": 0.614756,
+    "chinr": 1.179800,
+    "sharpnr": -0.028653,
+}
+
+# --- Model inputs and the tf.Transform graph ------------------------------------------------------
+#: Raw model-input keys produced by the featurize stage (and fed to the transform / serving graph).
+RAW_FEATURES_KEY: Final[str] = "features"  # float32 [F], imputed, not clipped or standardised
+RAW_STAMPS_KEY: Final[str] = "stamps"  # float32 [63, 63, 3] science/template/difference, raw counts
+#: Keys the transform graph emits (the network's inputs).
+TRANSFORMED_FEATURES_KEY: Final[str] = "features_xf"  # float32 [F], clipped and z-scored
+TRANSFORMED_STAMPS_KEY: Final[str] = "stamps_xf"  # float32 [crop, crop, 3] in [0, 1], no NaN
+#: Centre-crop sizes the network accepts [pixels] (SPEC §6, Table 3); 21 in production.
+CROP_SIZES: Final[tuple[int, ...]] = (21, 41, 63)
+DEFAULT_CROP: Final[int] = 21
+#: What to do with a stamp that is not 63x63: ``drop`` (dead letter, as ALeRCE) or ``pad`` (NaN).
+STAMP_SIZE_POLICIES: Final[tuple[str, ...]] = ("drop", "pad")
+#: Output key of the exported serving signature (probabilities in :data:`CLASS_NAMES` order).
+SERVING_OUTPUT_KEY: Final[str] = "probabilities"
