@@ -1,0 +1,204 @@
+"""The stamp classifier network of Carrasco-Davis et al. (2021), Table 2, in Keras.
+
+Input: preprocessed stamps ``[N, crop, crop, 3]`` (science, template, difference; see
+:mod:`transforms.preprocess`) and standardised metadata ``[N, F]``::
+
+    stamps ─ ZeroPad 3 ─ RotationExtend [x, r x, r² x, r³ x] (batch ×4)
+      ─ conv 4×4, 32, valid ─ conv k×k, 32 ─ maxpool 2 ─ conv k×k, 64 ×3 ─ maxpool 2
+      ─ flatten ─ dense 64 ─ dropout ─ CyclicAveragePool (batch ÷4, mean over the rotations)
+    features ─ BatchNorm ─┐
+      concat ─ dense 64 ─ dropout ─ dense 64 ─ dense 5 ─ softmax (AGN, SN, VS, asteroid, bogus)
+
+Averaging the dense-64 embedding over the four 90° rotations makes the output exactly invariant
+to rotating the input stamps by 90°. Layer names follow ALeRCE's TF1 variable scopes
+(``conv_1_1``, ``dense_1_10``, ``batchnorm_features``, ...) so imported checkpoints map 1:1.
+The images-only variant (their Appendix C) drops the metadata branch:
+``pool ─ dense 64 ─ dense 5``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import keras
+import tensorflow as tf
+
+from transforms.schema import CLASS_NAMES
+
+#: Variable-scope names of ALeRCE's TF1 graphs, by role. The dense layers' numeric suffixes differ
+#: between the metadata and images-only graphs.
+LAYER_NAMES = {
+    "conv1": "conv_1_1",
+    "conv2": "conv_2_2",
+    "conv3": "conv_3_4",
+    "conv4": "conv_4_5",
+    "conv5": "conv_5_6",
+    "dense1": "dense_1_10",
+    "dense2": "dense_2_12",
+    "dense3": "dense_3_13",
+    "logits": "output_logits",
+    "batchnorm": "batchnorm_features",
+}
+LAYER_NAMES_IMAGES_ONLY = {**LAYER_NAMES, "dense1": "dense_1_9", "dense2": "dense_2_10"}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture hyper-parameters (SPEC §6; production: kernel 5, crop 21, 23 features).
+
+    Attributes
+    ----------
+    kernel_size
+        Side of the k×k convolutions after the first (3, 5 or 7).
+    crop
+        Side of the centre crop fed to the network [pixels] (21, 41 or 63).
+    n_features
+        Number of metadata features; 0 builds the images-only model.
+    dropout
+        Dropout rate used in training (after dense 1 and dense 2).
+    padding
+        Zero padding added on each side before the first convolution [pixels].
+    """
+
+    kernel_size: int = 5
+    crop: int = 21
+    n_features: int = 23
+    dropout: float = 0.5
+    padding: int = 3
+
+    def to_dict(self) -> dict:
+        """Plain dict, for metadata JSON."""
+        return asdict(self)
+
+
+@keras.saving.register_keras_serializable(package="stampflow")
+class RotationExtend(keras.layers.Layer):
+    """``[N, H, W, C]`` → ``[4N, H, W, C]``: the batch followed by its 90°, 180°, 270° rotations."""
+
+    def call(self, x):
+        return tf.concat([x, tf.image.rot90(x, 1), tf.image.rot90(x, 2), tf.image.rot90(x, 3)], 0)
+
+    def compute_output_shape(self, input_shape):
+        n = input_shape[0]
+        return (None if n is None else 4 * n, *input_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="stampflow")
+class CyclicAveragePool(keras.layers.Layer):
+    """``[4N, D]`` (four rotation blocks) → ``[N, D]``, the mean over the four rotations."""
+
+    def call(self, x):
+        return tf.reduce_mean(tf.reshape(x, [4, -1, tf.shape(x)[-1]]), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        n = input_shape[0]
+        return (None if n is None else n // 4, *input_shape[1:])
+
+
+def build_network(config: NetworkConfig | None = None) -> keras.Model:
+    """Build the classifier.
+
+    Parameters
+    ----------
+    config
+        Architecture; defaults to ALeRCE production (kernel 5, crop 21, 23 features).
+
+    Returns
+    -------
+    keras.Model
+        Inputs ``{"stamps": [N, crop, crop, 3], "features": [N, F]}`` (only ``stamps`` for the
+        images-only model), output softmax probabilities ``[N, 5]`` in
+        :data:`transforms.schema.CLASS_NAMES` order.
+    """
+    cfg = config or NetworkConfig()
+    names = LAYER_NAMES if cfg.n_features else LAYER_NAMES_IMAGES_ONLY
+    k = cfg.kernel_size
+    stamps = keras.Input((cfg.crop, cfg.crop, 3), name="stamps")
+    x = keras.layers.ZeroPadding2D(cfg.padding, name="zero_pad")(stamps)
+    x = RotationExtend(name="rotations")(x)
+    x = keras.layers.Conv2D(32, 4, padding="valid", activation="relu", name=names["conv1"])(x)
+    x = keras.layers.Conv2D(32, k, padding="same", activation="relu", name=names["conv2"])(x)
+    x = keras.layers.MaxPooling2D(2, name="pool_1")(x)
+    for role in ("conv3", "conv4", "conv5"):
+        x = keras.layers.Conv2D(64, k, padding="same", activation="relu", name=names[role])(x)
+    x = keras.layers.MaxPooling2D(2, name="pool_2")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(64, activation="relu", name=names["dense1"])(x)
+    x = keras.layers.Dropout(cfg.dropout, name="dropout_1")(x)
+    x = CyclicAveragePool(name="cyclic_pool")(x)
+    inputs = {"stamps": stamps}
+    if cfg.n_features:
+        features = keras.Input((cfg.n_features,), name="features")
+        inputs["features"] = features
+        f = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.99, name=names["batchnorm"])(
+            features
+        )
+        x = keras.layers.Concatenate(name="concat")([x, f])
+        x = keras.layers.Dense(64, activation="relu", name=names["dense2"])(x)
+        x = keras.layers.Dropout(cfg.dropout, name="dropout_2")(x)
+        x = keras.layers.Dense(64, activation="relu", name=names["dense3"])(x)
+    else:
+        x = keras.layers.Dense(64, activation="relu", name=names["dense2"])(x)
+    logits = keras.layers.Dense(len(CLASS_NAMES), name=names["logits"])(x)
+    probs = keras.layers.Softmax(name="probabilities")(logits)
+    name = "stamp_classifier" if cfg.n_features else "stamp_classifier_images_only"
+    return keras.Model(inputs, probs, name=name)
+
+
+def expected_parameter_count(config: NetworkConfig | None = None) -> int:
+    """Parameters of :func:`build_network` from Table 2's arithmetic (weights + biases + BN).
+
+    Parameters
+    ----------
+    config
+        Architecture.
+
+    Returns
+    -------
+    int
+        Total parameter count, BatchNorm moving statistics included.
+    """
+    cfg = config or NetworkConfig()
+    k = cfg.kernel_size
+
+    def conv(kh: int, cin: int, cout: int) -> int:
+        return kh * kh * cin * cout + cout
+
+    side = cfg.crop + 2 * cfg.padding - 3  # 4×4 valid convolution
+    flat = (side // 2 // 2) ** 2 * 64
+    total = conv(4, 3, 32) + conv(k, 32, 32) + conv(k, 32, 64) + 2 * conv(k, 64, 64)
+    total += flat * 64 + 64
+    if cfg.n_features:
+        total += 4 * cfg.n_features  # gamma, beta, moving mean, moving variance
+        total += (64 + cfg.n_features) * 64 + 64 + 64 * 64 + 64
+    else:
+        total += 64 * 64 + 64
+    return total + 64 * len(CLASS_NAMES) + len(CLASS_NAMES)
+
+
+def entropy_regularized_loss(beta: float = 0.5):
+    """Cross-entropy minus β·entropy, per sample (the paper's loss, β = 0.5 in production).
+
+    ``L = −Σ_c y_c log ŷ_c + β Σ_c ŷ_c log ŷ_c``. The second term is minus the entropy of the
+    prediction, so minimising L rewards less over-confident outputs.
+
+    Parameters
+    ----------
+    beta
+        Weight of the entropy term (0 gives plain cross-entropy).
+
+    Returns
+    -------
+    callable
+        ``loss(y_true_one_hot, y_pred) -> [N]`` per-sample losses.
+    """
+
+    def loss(y_true, y_pred):
+        y_pred = tf.clip_by_value(tf.cast(y_pred, tf.float32), 1e-10, 1.0)
+        y_true = tf.cast(y_true, tf.float32)
+        log_p = tf.math.log(y_pred)
+        cross_entropy = -tf.reduce_sum(y_true * log_p, axis=-1)
+        neg_entropy = tf.reduce_sum(y_pred * log_p, axis=-1)
+        return cross_entropy + beta * neg_entropy
+
+    return loss
