@@ -12,8 +12,8 @@ Input: preprocessed stamps ``[N, crop, crop, 3]`` (science, template, difference
 Averaging the dense-64 embedding over the four 90° rotations makes the output exactly invariant
 to rotating the input stamps by 90°. Layer names follow ALeRCE's TF1 variable scopes
 (``conv_1_1``, ``dense_1_10``, ``batchnorm_features``, ...) so imported checkpoints map 1:1.
-The images-only variant (their Appendix C) drops the metadata branch:
-``pool ─ dense 64 ─ dense 5``.
+The images-only variant (their Appendix C) drops the metadata branch and, as ALeRCE's graph does,
+pools later: ``dense 64 ─ dense 64 ─ CyclicAveragePool ─ dense 5``.
 """
 
 from __future__ import annotations
@@ -125,9 +125,9 @@ def build_network(config: NetworkConfig | None = None) -> keras.Model:
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(64, activation="relu", name=names["dense1"])(x)
     x = keras.layers.Dropout(cfg.dropout, name="dropout_1")(x)
-    x = CyclicAveragePool(name="cyclic_pool")(x)
     inputs = {"stamps": stamps}
     if cfg.n_features:
+        x = CyclicAveragePool(name="cyclic_pool")(x)
         features = keras.Input((cfg.n_features,), name="features")
         inputs["features"] = features
         f = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.99, name=names["batchnorm"])(
@@ -138,7 +138,10 @@ def build_network(config: NetworkConfig | None = None) -> keras.Model:
         x = keras.layers.Dropout(cfg.dropout, name="dropout_2")(x)
         x = keras.layers.Dense(64, activation="relu", name=names["dense3"])(x)
     else:
+        # ALeRCE's images-only graph pools after its second dense layer.
         x = keras.layers.Dense(64, activation="relu", name=names["dense2"])(x)
+        x = keras.layers.Dropout(cfg.dropout, name="dropout_2")(x)
+        x = CyclicAveragePool(name="cyclic_pool")(x)
     logits = keras.layers.Dense(len(CLASS_NAMES), name=names["logits"])(x)
     probs = keras.layers.Softmax(name="probabilities")(logits)
     name = "stamp_classifier" if cfg.n_features else "stamp_classifier_images_only"
