@@ -1,0 +1,979 @@
+"""Draw simulated ZTF alerts: plan the night, then build alerts chunk by chunk.
+
+* :func:`plan_night` (cheap, in the parent process) fixes every object's class and number of alerts,
+  every alert's exposure time, readout channel, ``pid`` and a unique ``candid``.
+* :func:`make_chunk` (in workers) draws each object's sky position and scene, each alert's observing
+  conditions, renders the cutouts (:mod:`simulator.physics`) and assembles complete alert records
+  whose measured fields (``magpsf``, ``sigmapsf``, ``isdiffpos``, ``scorr``...) are measured on the
+  rendered difference image. A chunk's random stream depends only on ``(seed, chunk index)`` and
+  chunks are fixed groups of whole objects, so the output does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator import metadata as md
+from simulator import physics as ph
+
+CLASS_NAMES = md.CLASS_NAMES
+DEFAULT_MIX = {"AGN": 0.2, "SN": 0.2, "VS": 0.2, "asteroid": 0.2, "bogus": 0.2}
+DEFECTS = ("nan_pixels", "edge_stamp", "null_fields")
+#: Nullable candidate fields that the ``null_fields`` defect may blank (SPEC §3).
+NULLABLE = ("fwhm", "chinr", "sharpnr", "classtar", "diffmaglim", "drb")
+BOGUS_KINDS = ("cosmic_ray", "hot_pixel", "bad_column", "saturation", "dipole", "ghost")
+BOGUS_WEIGHTS = (0.2, 0.12, 0.12, 0.18, 0.2, 0.18)
+#: Target alerts per chunk (a chunk never splits an object).
+CHUNK_ALERTS = 128
+#: Exposure cadence [day]: 30 s exposure + ~9 s overhead.
+EXPOSURE_STEP = 39.0 / 86400.0
+#: Gap between an object's alerts in one night [day] (ZTF revisits after 30-90 min).
+REVISIT = (30.0 / 1440.0, 90.0 / 1440.0)
+ZP = {1: 26.30, 2: 26.20, 3: 25.75}  # median zero points [mag] for 30 s, g/r/i
+SKY = {1: 140.0, 2: 230.0, 3: 380.0}  # median sky [DN]
+ZTF_START_JD = 2458194.5  # 2018-03-20, start of survey operations
+
+
+@dataclass
+class NightPlan:
+    """Objects and alerts of one simulated night (fixed before any image is drawn).
+
+    Attributes
+    ----------
+    cls
+        ``(M,)`` class index per object.
+    first_alert
+        ``(M + 1,)`` index of each object's first alert (CSR offsets into the alert arrays).
+    jd, rcid, pid, candid
+        ``(N,)`` per-alert exposure time [day], readout channel, processing id, candidate id.
+    chunks
+        ``(C + 1,)`` object offsets of the chunks.
+    """
+
+    cls: np.ndarray
+    first_alert: np.ndarray
+    jd: np.ndarray
+    rcid: np.ndarray
+    pid: np.ndarray
+    candid: np.ndarray
+    chunks: np.ndarray
+    nid: int
+    night: str
+    seed: int
+    defects: float
+
+    @property
+    def n_alerts(self) -> int:
+        return int(self.jd.size)
+
+
+def parse_mix(mix: str | dict[str, float] | None) -> dict[str, float]:
+    """Parse ``AGN=0.2,SN=0.2,...`` (or a dict) into normalised class fractions.
+
+    Raises
+    ------
+    ValueError
+        Unknown class, negative or non-numeric fraction, or all fractions zero.
+    """
+    if mix is None:
+        return dict(DEFAULT_MIX)
+    if isinstance(mix, str):
+        items = {}
+        for part in filter(None, (p.strip() for p in mix.split(","))):
+            name, _, value = part.partition("=")
+            try:
+                items[name.strip()] = float(value)
+            except ValueError as e:
+                raise ValueError(f"bad mix entry {part!r}: expected CLASS=FRACTION") from e
+        mix = items
+    unknown = set(mix) - set(CLASS_NAMES)
+    if unknown:
+        raise ValueError(f"unknown classes in mix: {sorted(unknown)}; use {CLASS_NAMES}")
+    if any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError(f"mix fractions must be >= 0 and not all zero: {mix}")
+    total = sum(mix.values())
+    return {c: mix.get(c, 0.0) / total for c in CLASS_NAMES}
+
+
+def plan_night(
+    n: int,
+    seed: int = 0,
+    night: str = "20180815",
+    mix: str | dict[str, float] | None = None,
+    detections_per_object: int = 1,
+    defects: float = 0.0,
+) -> NightPlan:
+    """Decide classes, alert counts, times and ids for ``n`` alerts.
+
+    Parameters
+    ----------
+    n
+        Number of alerts.
+    seed
+        Random seed.
+    night
+        ``YYYYMMDD`` UT date of the night.
+    mix
+        Class fractions (of objects), see :func:`parse_mix`.
+    detections_per_object
+        Maximum alerts per object in the night (asteroids always get one: they move).
+    defects
+        Fraction of alerts that get a defect.
+
+    Returns
+    -------
+    NightPlan
+        The plan; alert ``i`` belongs to object ``searchsorted(first_alert, i, 'right') - 1``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if detections_per_object < 1:
+        raise ValueError("detections_per_object must be >= 1")
+    if not 0.0 <= defects <= 1.0:
+        raise ValueError("defects must be a fraction in [0, 1]")
+    fractions = parse_mix(mix)
+    rng = np.random.default_rng([seed, 1])
+    probs = np.array([fractions[c] for c in CLASS_NAMES])
+    cls = rng.choice(len(CLASS_NAMES), size=n, p=probs)
+    counts = rng.integers(1, detections_per_object + 1, size=n)
+    counts[cls == CLASS_NAMES.index("asteroid")] = 1
+    total = np.cumsum(counts)
+    m = int(np.searchsorted(total, n)) + 1
+    cls, counts = cls[:m], counts[:m]
+    counts[-1] -= int(total[m - 1] - n)
+    first = np.concatenate([[0], np.cumsum(counts)])
+
+    jd_start, jd_end = md.night_window(night)
+    n_slots = int((jd_end - jd_start) / EXPOSURE_STEP)
+    gaps = rng.uniform(*REVISIT, size=n)
+    obj_of = np.repeat(np.arange(m), counts)
+    k = np.arange(n) - first[obj_of]
+    span = np.zeros(m)
+    np.add.at(span, obj_of[k > 0], gaps[k > 0])
+    t0 = jd_start + rng.uniform(0, np.maximum(jd_end - jd_start - span, 0.01))
+    offs = np.where(k > 0, gaps, 0.0)
+    cum = np.cumsum(offs)
+    cum -= np.repeat(cum[first[:-1]], counts)
+    slot = np.clip(((t0[obj_of] + cum - jd_start) / EXPOSURE_STEP).astype(int), 0, n_slots - 1)
+    # Later alerts of one object must be strictly later exposures.
+    for _ in range(detections_per_object):
+        bump = (k > 0) & (slot <= np.roll(slot, 1))
+        if not bump.any():
+            break
+        slot[bump] = np.roll(slot, 1)[bump] + 1
+    jd = jd_start + slot * EXPOSURE_STEP
+    rcid = rng.integers(0, 64, size=n)
+    nid = md.night_id(night)
+    frac = np.rint((jd % 1.0 + 0.5) % 1.0 * 1e5).astype(np.int64)  # fraction of the UT day
+    pid = nid * 10**9 + frac * 10**4 + rcid * 100 + 15
+    order = np.argsort(pid, kind="stable")
+    spid = pid[order]
+    start = np.r_[0, np.flatnonzero(np.diff(spid)) + 1]
+    rank = np.arange(n) - np.repeat(start, np.diff(np.r_[start, n]))
+    tblid = np.empty(n, dtype=np.int64)
+    tblid[order] = rank
+    candid = pid * 10**6 + 10000 + tblid
+    # Chunks: whole objects, ~CHUNK_ALERTS alerts each.
+    bounds = np.searchsorted(first, np.arange(CHUNK_ALERTS, n, CHUNK_ALERTS))
+    chunks = np.unique(np.concatenate([[0], bounds, [m]]))
+    return NightPlan(cls, first, jd, rcid, pid, candid, chunks, nid, night, seed, defects)
+
+
+def _obs(fid: np.ndarray, rng: np.random.Generator) -> tuple[ph.Observation, np.ndarray]:
+    """Observing conditions and zero points for alerts in filters ``fid``."""
+    n = fid.size
+    zp_med = np.select([fid == 1, fid == 2], [ZP[1], ZP[2]], ZP[3])
+    clouds = np.where(rng.random(n) < 0.2, rng.exponential(0.15, n), 0.0)
+    zp = zp_med + rng.normal(0, 0.05, n) - clouds
+    seeing = np.clip(np.exp(rng.normal(np.log(2.1), 0.2, n)), 1.2, 4.5)  # [arcsec]
+    seeing_ref = np.clip(np.exp(rng.normal(np.log(1.8), 0.1, n)), 1.2, 2.8)
+    sky_med = np.select([fid == 1, fid == 2], [SKY[1], SKY[2]], SKY[3])
+    sky = sky_med * np.exp(rng.normal(0, 0.35, n))
+    sigma = np.sqrt(sky * ph.GAIN + ph.READ_NOISE**2) / ph.GAIN
+    nframes = np.where(rng.random(n) < 0.6, 15, rng.integers(15, 45, n)).astype(float)
+    obs = ph.Observation(
+        fwhm_sci=seeing / ph.PIXEL_SCALE,
+        fwhm_ref=seeing_ref / ph.PIXEL_SCALE,
+        beta_sci=rng.uniform(2.5, 4.5, n),
+        beta_ref=rng.uniform(2.5, 4.5, n),
+        sky_sci=sky,
+        sky_ref=sky * (1 + rng.normal(0, 0.01, n)),
+        sigma_sci=sigma,
+        sigma_ref=sigma / np.sqrt(nframes / 1.2),
+        nframes_ref=nframes,
+    )
+    return obs, zp
+
+
+@dataclass
+class ObjectTruth:
+    """Object-level properties shared by all alerts of an object (arrays of length ``M``)."""
+
+    cls: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    gal_b: np.ndarray
+    kind: np.ndarray  # subtype code: bogus kind index, 1 = trailed asteroid, 1 = AGN with host...
+    mag_ref: np.ndarray  # central static source [mag] (inf if none)
+    mag_delta: np.ndarray  # SN/asteroid brightness or variability amplitude [mag]
+    host_mag: np.ndarray
+    host_dx: np.ndarray
+    host_dy: np.ndarray
+    host_re: np.ndarray
+    host_n: np.ndarray
+    host_q: np.ndarray
+    host_pa: np.ndarray
+    trail_len: np.ndarray
+    trail_pa: np.ndarray
+    star_dx: np.ndarray  # (M, K) offsets from the candidate [pixels]
+    star_dy: np.ndarray
+    star_mag: np.ndarray  # inf pads
+    star_sg: np.ndarray  # PS1 star/galaxy score of each field source
+    shift: np.ndarray  # (M, 2) misregistration [pixels]
+    art_amp: np.ndarray
+    art_size: np.ndarray
+    art_angle: np.ndarray
+
+
+def sample_objects(cls: np.ndarray, jd: np.ndarray, rng: np.random.Generator) -> ObjectTruth:
+    """Draw positions, scenes and artefacts for objects of classes ``cls`` (SPEC §2).
+
+    Parameters
+    ----------
+    cls
+        ``(M,)`` class indices.
+    jd
+        ``(M,)`` time of each object's first alert [day].
+    rng
+        Random generator.
+
+    Returns
+    -------
+    ObjectTruth
+        Everything about the objects that does not change between their alerts.
+    """
+    m = cls.size
+    is_ = {c: cls == i for i, c in enumerate(CLASS_NAMES)}
+    ra, dec = md.sample_positions(cls, jd, rng)
+    _, b = md.galactic(ra, dec)
+    inf = np.full(m, np.inf)
+
+    # Field stars: density [per 63x63 stamp, to ~22 mag] rising steeply into the plane.
+    lam = (1.5 + 70.0 * np.exp(-np.abs(b) / 7.0)) * (ph.PAD / ph.STAMP) ** 2
+    nstar = np.minimum(rng.poisson(lam), 250)
+    k = max(int(nstar.max(initial=0)), 1)
+    live = np.arange(k)[None, :] < nstar[:, None]
+    half = ph.PAD / 2
+    sdx = rng.uniform(-half, half, (m, k))
+    sdy = rng.uniform(-half, half, (m, k))
+    # Luminosity function N(<m) ~ 10^(0.3 m) between 12 and 22 mag.
+    smag = 22.0 + np.log10(rng.uniform(10 ** (0.3 * (12 - 22)), 1.0, (m, k))) / 0.3
+    # Keep the candidate position clear where the class needs "no source in the reference".
+    clear = (is_["SN"] | is_["asteroid"] | is_["bogus"])[:, None] & (np.hypot(sdx, sdy) < 5.0)
+    smag = np.where(live & ~clear, smag, np.inf)
+    ssg = np.where(rng.random((m, k)) < 0.9, rng.uniform(0.85, 1.0, (m, k)), rng.uniform(0, 0.3))
+
+    kind = np.zeros(m, dtype=int)
+    mag_ref, mag_delta = inf.copy(), np.zeros(m)
+    host_mag = inf.copy()
+    host_dx, host_dy = np.zeros(m), np.zeros(m)
+    host_re = rng.uniform(1.5, 6.0, m)
+    host_n = rng.uniform(0.8, 4.0, m)
+    host_q = rng.uniform(0.35, 1.0, m)
+    host_pa = rng.uniform(0, np.pi, m)
+    trail_len, trail_pa = np.zeros(m), rng.uniform(0, np.pi, m)
+    shift = rng.normal(0, 0.04, (m, 2))
+    art_amp, art_size, art_angle = np.zeros(m), np.zeros(m), rng.uniform(0, 2 * np.pi, m)
+
+    # AGN: a nucleus in both images, usually at the centre of a visible host galaxy.
+    a = is_["AGN"]
+    with_host = a & (rng.random(m) < 0.75)
+    kind[with_host] = 1
+    host_mag[with_host] = rng.uniform(16.5, 20.0, int(with_host.sum()))
+    mag_ref[a] = rng.uniform(17.0, 20.5, int(a.sum()))
+    mag_delta[a] = rng.normal(0, 0.3, int(a.sum()))
+    host_dx[a] = rng.normal(0, 0.1, int(a.sum()))
+    host_dy[a] = rng.normal(0, 0.1, int(a.sum()))
+    # SN: new point source, offset from its host (85% have a visible host).
+    s = is_["SN"]
+    sn_host = s & (rng.random(m) < 0.85)
+    kind[sn_host] = 1
+    ns = int(sn_host.sum())
+    host_mag[sn_host] = rng.uniform(15.5, 20.5, ns)
+    host_re[sn_host] = rng.uniform(2.0, 8.0, ns)
+    off = host_re[sn_host] * np.abs(rng.normal(0, 0.8, ns)) + 0.5
+    ang = rng.uniform(0, 2 * np.pi, ns)
+    host_dx[sn_host], host_dy[sn_host] = off * np.cos(ang), off * np.sin(ang)
+    mag_delta[s] = rng.uniform(17.0, 20.5, int(s.sum()))
+    # VS: a star in both images, in a field whose crowding follows |b|.
+    v = is_["VS"]
+    mag_ref[v] = rng.uniform(13.5, 20.0, int(v.sum()))
+    amp = rng.normal(0, 0.35, int(v.sum()))
+    mag_delta[v] = np.sign(amp) * np.maximum(np.abs(amp), 0.05)
+    # Asteroids: science-only, 15% trailed (fast movers).
+    t = is_["asteroid"]
+    mag_delta[t] = rng.uniform(17.0, 20.7, int(t.sum()))
+    trailed = t & (rng.random(m) < 0.15)
+    kind[trailed] = 1
+    trail_len[trailed] = rng.uniform(3.0, 12.0, int(trailed.sum()))
+    # Bogus: one artefact per object.
+    g = np.flatnonzero(is_["bogus"])
+    bk = rng.choice(len(BOGUS_KINDS), size=g.size, p=BOGUS_WEIGHTS)
+    kind[g] = bk
+
+    def sel(name: str) -> np.ndarray:
+        return g[bk == BOGUS_KINDS.index(name)]
+
+    cr, hp, bc = sel("cosmic_ray"), sel("hot_pixel"), sel("bad_column")
+    art_amp[cr], art_size[cr] = rng.uniform(300, 3000, cr.size), rng.integers(0, 4, cr.size)
+    art_amp[hp] = np.exp(rng.uniform(np.log(300), np.log(20000), hp.size))
+    art_amp[bc] = rng.uniform(40, 300, bc.size)
+    sat, dip, gh = sel("saturation"), sel("dipole"), sel("ghost")
+    mag_ref[sat], art_size[sat] = rng.uniform(9.0, 12.0, sat.size), rng.uniform(2.0, 5.0, sat.size)
+    mag_ref[dip] = rng.uniform(13.0, 17.0, dip.size)
+    dshift = rng.uniform(0.5, 1.5, dip.size)
+    dang = rng.uniform(0, 2 * np.pi, dip.size)
+    shift[dip] = np.stack([dshift * np.cos(dang), dshift * np.sin(dang)], axis=1)
+    art_amp[gh], art_size[gh] = rng.uniform(15, 80, gh.size), rng.uniform(5, 12, gh.size)
+    return ObjectTruth(
+        cls,
+        ra,
+        dec,
+        b,
+        kind,
+        mag_ref,
+        mag_delta,
+        host_mag,
+        host_dx,
+        host_dy,
+        host_re,
+        host_n,
+        host_q,
+        host_pa,
+        trail_len,
+        trail_pa,
+        sdx,
+        sdy,
+        smag,
+        ssg,
+        shift,
+        art_amp,
+        art_size,
+        art_angle,
+    )
+
+
+def _flux(mag: np.ndarray, zp: np.ndarray) -> np.ndarray:
+    """Total flux [DN] of magnitude ``mag`` for zero point ``zp`` (inf mag -> 0)."""
+    return np.where(np.isfinite(mag), 10 ** (-0.4 * (np.where(np.isfinite(mag), mag, 0) - zp)), 0)
+
+
+def _psf_fit(diff: np.ndarray, p: np.ndarray, sigma_bkg: np.ndarray):
+    """PSF-fit flux and its 1-sigma error on the difference image [DN], for unit PSFs ``p``."""
+    p2 = (p * p).sum(axis=(1, 2))
+    flux = (np.nan_to_num(diff) * p).sum(axis=(1, 2)) / p2
+    return flux, sigma_bkg / np.sqrt(p2)
+
+
+def _f32(x) -> list:
+    """Round through float32 so values equal what an Avro float stores."""
+    return np.asarray(x, dtype=np.float32).astype(float).tolist()
+
+
+def make_chunk(plan: NightPlan, chunk: int) -> list[tuple[dict, dict]]:
+    """Build the alerts of one chunk of the plan.
+
+    Parameters
+    ----------
+    plan
+        The night plan.
+    chunk
+        Chunk index (``0 <= chunk < len(plan.chunks) - 1``).
+
+    Returns
+    -------
+    list of (dict, dict)
+        ``(alert record, label row)`` per alert, in plan order. Label rows carry ``candid``,
+        ``objectId``, ``class``, ``subtype`` and ``defect``.
+    """
+    rng = np.random.default_rng([plan.seed, 2, chunk])
+    o0, o1 = int(plan.chunks[chunk]), int(plan.chunks[chunk + 1])
+    a0, a1 = int(plan.first_alert[o0]), int(plan.first_alert[o1])
+    counts = np.diff(plan.first_alert[o0 : o1 + 1])
+    obj = np.repeat(np.arange(o1 - o0), counts)  # local object index per alert
+    kidx = np.arange(a1 - a0) - (plan.first_alert[o0:o1] - a0)[obj]
+    jd = plan.jd[a0:a1]
+    truth = sample_objects(plan.cls[o0:o1], jd[kidx == 0], rng)
+    n = a1 - a0
+    cls = truth.cls[obj]
+    fid = rng.choice([1, 2, 3], size=n, p=[0.45, 0.52, 0.03])
+    obs, zp = _obs(fid, rng)
+
+    # Per-alert scene: object truth converted to fluxes with this exposure's zero point.
+    x0, y0 = 31.0 + rng.uniform(-0.5, 0.5, n), 31.0 + rng.uniform(-0.5, 0.5, n)
+    ref_mag = truth.mag_ref[obj]
+    cref = _flux(ref_mag, zp)
+    is_var = (cls == CLASS_NAMES.index("AGN")) | (cls == CLASS_NAMES.index("VS"))
+    dm = truth.mag_delta[obj] + rng.normal(0, 0.03, n)  # a little change between alerts
+    delta = np.where(is_var, cref * (10 ** (-0.4 * dm) - 1.0), _flux(dm, zp))
+    delta = np.where(cls == CLASS_NAMES.index("bogus"), 0.0, delta)
+    # Real detections pass the 5-sigma threshold: keep the change above ~6 sigma.
+    sig_bkg = np.sqrt(obs.sigma_sci**2 + obs.sigma_ref**2 * 0.5)
+    sig_psf = sig_bkg * np.sqrt(4 * np.pi) * obs.fwhm_sci / 2.3548 * 1.15
+    real = cls != CLASS_NAMES.index("bogus")
+    delta = np.where(real, np.sign(delta + 1e-9) * np.maximum(np.abs(delta), 6 * sig_psf), delta)
+    kind_bogus = np.where(cls == CLASS_NAMES.index("bogus"), truth.kind[obj], -1)
+    artefact = np.zeros(n, dtype=int)
+    for i, name in enumerate(BOGUS_KINDS):
+        artefact[kind_bogus == i] = ph.ART_CODE[name]
+    unstable = np.isin(artefact, [ph.ART_CODE[k] for k in ("saturation", "dipole", "ghost")])
+    scale_err = rng.normal(0, np.where(unstable, 0.04, 0.005))
+    scene = ph.Scene(
+        x0=x0,
+        y0=y0,
+        central_ref_flux=cref,
+        delta_flux=delta,
+        trail_len=truth.trail_len[obj],
+        trail_pa=truth.trail_pa[obj],
+        host_flux=_flux(truth.host_mag[obj], zp),
+        host_x=x0 + truth.host_dx[obj],
+        host_y=y0 + truth.host_dy[obj],
+        host_re=truth.host_re[obj],
+        host_n=truth.host_n[obj],
+        host_q=truth.host_q[obj],
+        host_pa=truth.host_pa[obj],
+        star_x=x0[:, None] + truth.star_dx[obj],
+        star_y=y0[:, None] + truth.star_dy[obj],
+        star_flux=_flux(truth.star_mag[obj], zp[:, None]),
+        shift_x=truth.shift[obj, 0],
+        shift_y=truth.shift[obj, 1],
+        scale_err=scale_err,
+        artefact=artefact,
+        art_amp=truth.art_amp[obj],
+        art_size=truth.art_size[obj],
+        art_angle=truth.art_angle[obj],
+    )
+    sci, ref, diff, psf = ph.render_triplet(scene, obs, rng, return_psf=True)
+    sig_diff = np.sqrt(obs.sigma_sci**2 + (obs.sigma_ref * 0.6) ** 2)
+    flux, eflux = _psf_fit(diff, psf, sig_diff)
+    # Alerts are, by construction, detections: floor the measured S/N at 5.
+    snr = np.abs(flux) / eflux
+    positive = flux >= 0
+    aflux = np.where(snr >= 5, np.abs(flux), eflux * rng.uniform(5, 8, n))
+    magpsf = zp - 2.5 * np.log10(aflux)
+    sigmapsf = 1.0857 * eflux / aflux
+    diffmaglim = zp - 2.5 * np.log10(5 * eflux)
+    return _assemble(
+        plan,
+        chunk,
+        rng,
+        truth,
+        obj,
+        kidx,
+        cls,
+        fid,
+        obs,
+        zp,
+        scene,
+        sci,
+        ref,
+        diff,
+        positive,
+        magpsf,
+        sigmapsf,
+        diffmaglim,
+        aflux / eflux,
+    )
+
+
+def _neighbours(truth: ObjectTruth, rng: np.random.Generator):
+    """PS1 / reference-catalogue sources around each object, nearest first.
+
+    Returns distance [arcsec], magnitude, star/galaxy score and an "extended" flag, each ``(M, 3)``,
+    plus the count within 30 arcsec; -999 / inf pad when there are fewer than three.
+    """
+    m = truth.cls.size
+    cand_d = [np.hypot(truth.star_dx, truth.star_dy) * ph.PIXEL_SCALE]
+    cand_m, cand_s = [truth.star_mag], [truth.star_sg]
+    cand_e = [truth.star_sg < 0.5]
+    host = np.isfinite(truth.host_mag)
+    cand_d.append(
+        np.where(host, np.hypot(truth.host_dx, truth.host_dy) * ph.PIXEL_SCALE, np.inf)[:, None]
+    )
+    cand_m.append(truth.host_mag[:, None])
+    cand_s.append(rng.uniform(0.0, 0.15, (m, 1)))
+    cand_e.append(np.ones((m, 1), bool))
+    central = np.isfinite(truth.mag_ref)
+    quasar = (truth.cls == CLASS_NAMES.index("AGN")) & ~host
+    cand_d.append(np.where(central, np.abs(rng.normal(0, 0.15, m)) + 0.02, np.inf)[:, None])
+    cand_m.append(truth.mag_ref[:, None])
+    cand_s.append(
+        np.where(
+            quasar,
+            rng.uniform(0.2, 0.7, m),
+            np.where(host, rng.uniform(0, 0.2, m), rng.uniform(0.9, 1.0, m)),
+        )[:, None]
+    )
+    cand_e.append((quasar | host)[:, None])
+    d, mg, sg, ext = (np.concatenate(c, axis=1) for c in (cand_d, cand_m, cand_s, cand_e))
+    d = np.where(np.isfinite(mg) & (mg < 22.5), d + np.abs(rng.normal(0, 0.05, d.shape)), np.inf)
+    nmatch = (d <= 30.0).sum(axis=1)
+    order = np.argsort(d, axis=1)[:, :3]
+    take = np.take_along_axis
+    d3, m3, s3, e3 = (take(a, order, axis=1) for a in (d, mg, sg, ext))
+    found = d3 <= 30.0
+    return (
+        np.where(found, d3, -999.0),
+        np.where(found, m3, -999.0),
+        np.where(found, s3, -999.0),
+        e3 & found,
+        nmatch,
+    )
+
+
+def _history(truth: ObjectTruth, jd0: np.ndarray, rng: np.random.Generator):
+    """Detections before tonight: count, first-detection jd, and how many fall within 30 days."""
+    m = truth.cls.size
+    c = truth.cls
+    n_hist = np.zeros(m, dtype=int)
+    sn = c == CLASS_NAMES.index("SN")
+    n_hist[sn] = np.where(rng.random(int(sn.sum())) < 0.25, rng.integers(1, 4, int(sn.sum())), 0)
+    var = (c == CLASS_NAMES.index("AGN")) | (c == CLASS_NAMES.index("VS"))
+    n_hist[var] = np.exp(rng.uniform(np.log(3), np.log(600), int(var.sum()))).astype(int)
+    bog = c == CLASS_NAMES.index("bogus")
+    n_hist[bog] = np.where(
+        rng.random(int(bog.sum())) < 0.15, rng.integers(1, 10, int(bog.sum())), 0
+    )
+    age = np.where(var, rng.uniform(30, np.maximum(jd0 - ZTF_START_JD, 31)), rng.uniform(1, 25, m))
+    age = np.where(n_hist > 0, age, 0.0)
+    in30 = np.where(
+        age <= 30, n_hist, np.round(n_hist * 30 / np.maximum(age, 1) * rng.uniform(0.5, 1.5, m))
+    )
+    in30 = np.minimum(np.minimum(in30, n_hist), 15).astype(int)
+    n_nondet = rng.integers(0, 8, m)
+    ncov_extra = np.exp(rng.normal(np.log(300), 1.0, m)).astype(int) + 3
+    return n_hist, jd0 - age, in30, n_nondet, ncov_extra
+
+
+_PRV_FIELDS = (
+    "jd",
+    "fid",
+    "pid",
+    "diffmaglim",
+    "pdiffimfilename",
+    "programpi",
+    "programid",
+    "candid",
+    "isdiffpos",
+    "tblid",
+    "nid",
+    "rcid",
+    "field",
+    "xpos",
+    "ypos",
+    "ra",
+    "dec",
+    "magpsf",
+    "sigmapsf",
+    "chipsf",
+    "magap",
+    "sigmagap",
+    "distnr",
+    "magnr",
+    "sigmagnr",
+    "chinr",
+    "sharpnr",
+    "sky",
+    "magdiff",
+    "fwhm",
+    "classtar",
+    "mindtoedge",
+    "magfromlim",
+    "seeratio",
+    "aimage",
+    "bimage",
+    "aimagerat",
+    "bimagerat",
+    "elong",
+    "nneg",
+    "nbad",
+    "rb",
+    "ssdistnr",
+    "ssmagnr",
+    "ssnamenr",
+    "sumrat",
+    "magapbig",
+    "sigmagapbig",
+    "ranr",
+    "decnr",
+    "scorr",
+    "magzpsci",
+    "magzpsciunc",
+    "magzpscirms",
+    "clrcoeff",
+    "clrcounc",
+    "rbversion",
+)
+_BAND = {1: "g", 2: "r", 3: "i"}
+
+
+def _subtype(cls: int, kind: int) -> str:
+    name = CLASS_NAMES[cls]
+    if name == "bogus":
+        return BOGUS_KINDS[kind]
+    return {
+        "SN": ("hostless", "hosted"),
+        "AGN": ("nuclear", "hosted"),
+        "asteroid": ("", "trailed"),
+        "VS": ("", ""),
+    }[name][kind]
+
+
+def _filename(date: str, jd: float, field: int, fid: int, rcid: int) -> str:
+    frac = round((jd + 0.5) % 1.0 * 1e6)
+    return (
+        f"ztf_{date}{frac:06d}_{field:06d}_z{_BAND[fid]}_c{rcid // 4 + 1:02d}_o_q{rcid % 4 + 1}"
+        "_scimrefdiffimg.fits"
+    )
+
+
+def _assemble(
+    plan,
+    chunk,
+    rng,
+    truth,
+    obj,
+    kidx,
+    cls,
+    fid,
+    obs,
+    zp,
+    scene,
+    sci,
+    ref,
+    diff,
+    positive,
+    magpsf,
+    sigmapsf,
+    diffmaglim,
+    snr,
+):
+    """Candidate fields, histories, defects and cutouts -> alert records and label rows."""
+    from simulator.writer import encode_stamp
+
+    n = cls.size
+    o0 = int(plan.chunks[chunk])
+    a0 = int(plan.first_alert[o0])
+    sl = slice(a0, a0 + n)
+    jd, rcid, pid, candid = plan.jd[sl], plan.rcid[sl], plan.pid[sl], plan.candid[sl]
+    m = truth.cls.size
+    jd0 = jd[kidx == 0]
+    n_hist, jdstart, in30, n_nondet, ncov_extra = _history(truth, jd0, rng)
+    dist3, mag3, sg3, ext3, nmatch = _neighbours(truth, rng)
+    year = np.array([int(plan.night[:4])] * m) - np.floor((jd0 - jdstart) / 365.25).astype(int)
+    names = md.object_ids(year, (plan.seed * 7919 + o0 + np.arange(m)) % 26**6 + 26**5)
+    field = md.ztf_field(truth.ra, truth.dec)
+    name = CLASS_NAMES
+    c_ast, c_bog = name.index("asteroid"), name.index("bogus")
+    is_bog = cls == c_bog
+    point = np.isin(cls, [name.index("VS"), c_ast]) | (truth.kind[obj] == 0) & (cls != c_bog)
+    kind = truth.kind[obj]
+    bkind = np.where(is_bog, kind, -1)
+    sharp_art = np.isin(bkind, [0, 1])
+    broad_art = np.isin(bkind, [2, 3, 5])
+    fw = obs.fwhm_sci * rng.uniform(0.95, 1.1, n)
+    fw = np.where(point, fw, fw * rng.uniform(1.0, 1.3, n))
+    fw = np.where(sharp_art, rng.uniform(0.7, 1.4, n), fw)
+    fw = np.where(broad_art, rng.uniform(4.0, 10.0, n), fw)
+    fw = np.where(bkind == 4, fw * rng.uniform(1.0, 1.6, n), fw)
+    tl = scene.trail_len
+    elong = np.where(tl > 0, 1 + tl / obs.fwhm_sci, 1 + np.abs(rng.normal(0, 0.07, n)))
+    elong = np.where(is_bog, elong * rng.uniform(1.0, 1.8, n), elong)
+    aimage = fw * 0.3 * np.sqrt(elong)
+    bimage = aimage / elong
+    classtar = np.where(point, rng.uniform(0.9, 1.0, n), rng.uniform(0.5, 0.98, n))
+    classtar = np.where(sharp_art, rng.uniform(0.3, 1.0, n), classtar)
+    classtar = np.where(broad_art, rng.uniform(0.0, 0.6, n), classtar)
+    rb = np.where(is_bog, rng.beta(2, 5, n), rng.beta(8, 2, n))
+    drb = np.where(is_bog, rng.beta(1, 4, n), 1 - rng.beta(1, 25, n))
+    # Nearest reference-catalogue source: the PS1 nearest stands in for it.
+    dnr = dist3[obj, 0]
+    has_nr = dnr >= 0
+    ext_nr = ext3[obj, 0]
+    chinr = np.where(ext_nr, rng.uniform(2.0, 15.0, n), np.exp(rng.normal(np.log(0.7), 0.4, n)))
+    sharpnr = np.where(ext_nr, rng.uniform(0.1, 0.9, n), rng.normal(0, 0.05, n))
+    ndethist = n_hist[obj] + kidx + 1
+    ncovhist = ndethist + n_nondet[obj] + ncov_extra[obj]
+    known = (cls == c_ast) & (rng.random(n) < 0.6)
+    numbered = rng.random(n) < 0.7
+    ssname = np.where(
+        numbered,
+        rng.integers(1, 600000, n).astype(str),
+        [
+            f"{int(y)} {a}{b}{int(k)}"
+            for y, a, b, k in zip(
+                rng.integers(1995, 2018, n),
+                rng.choice(list("ABCDEFGHJKLMNOPQRSTUVWXY"), n),
+                rng.choice(list("ABCDEFGHJKLMNOPQRSTUVWXYZ"), n),
+                rng.integers(1, 300, n),
+                strict=True,
+            )
+        ],
+    )
+    ssdist = np.where(known, np.abs(rng.normal(0, 1.5, n)), -999.0)
+    ssmag = np.where(known, magpsf + rng.normal(0.3, 0.3, n), -999.0)
+    date = plan.night
+    skysub = rng.normal(0, 1.5, n)
+    xpos = rng.uniform(10, 3070, n)
+    ypos = rng.uniform(10, 3070, n)
+    magap = magpsf + rng.normal(0, 0.05, n) + np.where(point, 0, -0.2)
+    cand_rows = {
+        "jd": jd.tolist(),
+        "fid": fid.tolist(),
+        "pid": pid.tolist(),
+        "diffmaglim": _f32(diffmaglim),
+        "pdiffimfilename": [
+            _filename(date, j, f, b_, r)
+            for j, f, b_, r in zip(
+                jd.tolist(), field[obj].tolist(), fid.tolist(), rcid.tolist(), strict=True
+            )
+        ],
+        "programpi": ["Kulkarni"] * n,
+        "programid": [1] * n,
+        "candid": candid.tolist(),
+        "isdiffpos": np.where(positive, "t", "f").tolist(),
+        "tblid": (candid % 1000).tolist(),
+        "nid": [plan.nid] * n,
+        "rcid": rcid.tolist(),
+        "field": field[obj].tolist(),
+        "xpos": _f32(xpos),
+        "ypos": _f32(ypos),
+        "ra": (
+            truth.ra[obj] + rng.normal(0, 0.06, n) / 3600 / np.cos(np.radians(truth.dec[obj]))
+        ).tolist(),
+        "dec": (truth.dec[obj] + rng.normal(0, 0.06, n) / 3600).tolist(),
+        "magpsf": _f32(magpsf),
+        "sigmapsf": _f32(sigmapsf),
+        "chipsf": _f32(np.where(is_bog, rng.uniform(2, 80, n), np.exp(rng.normal(0, 0.6, n)))),
+        "magap": _f32(magap),
+        "sigmagap": _f32(sigmapsf * rng.uniform(1.0, 1.5, n)),
+        "distnr": _f32(np.where(has_nr, dnr / ph.PIXEL_SCALE, -999.0)),
+        "magnr": _f32(np.where(has_nr, mag3[obj, 0] + rng.normal(0, 0.05, n), -999.0)),
+        "sigmagnr": _f32(np.where(has_nr, rng.uniform(0.01, 0.1, n), -999.0)),
+        "chinr": _f32(np.where(has_nr, chinr, -999.0)),
+        "sharpnr": _f32(np.where(has_nr, sharpnr, -999.0)),
+        "sky": _f32(skysub),
+        "magdiff": _f32(magap - magpsf),
+        "fwhm": _f32(fw),
+        "classtar": _f32(classtar),
+        "mindtoedge": _f32(np.minimum.reduce([xpos, ypos, 3080 - xpos, 3080 - ypos])),
+        "magfromlim": _f32(diffmaglim - magap),
+        "seeratio": _f32(rng.uniform(0.5, 2.0, n)),
+        "aimage": _f32(aimage),
+        "bimage": _f32(bimage),
+        "aimagerat": _f32(aimage / fw),
+        "bimagerat": _f32(bimage / fw),
+        "elong": _f32(elong),
+        "nneg": rng.integers(0, 4, n).tolist() if True else None,
+        "nbad": np.where(is_bog & (bkind == 3), rng.integers(1, 10, n), 0).tolist(),
+        "rb": _f32(rb),
+        "ssdistnr": _f32(ssdist),
+        "ssmagnr": _f32(ssmag),
+        "ssnamenr": np.where(known, ssname, "null").tolist(),
+        "sumrat": _f32(np.where(is_bog, rng.uniform(0.3, 1.0, n), rng.uniform(0.85, 1.0, n))),
+        "magapbig": _f32(magap + rng.normal(0, 0.03, n)),
+        "sigmagapbig": _f32(sigmapsf * 1.3),
+        "ranr": truth.ra[obj].tolist(),
+        "decnr": truth.dec[obj].tolist(),
+        "sgmag1": _f32(np.where(mag3[obj, 0] > 0, mag3[obj, 0] + 0.4, -999.0)),
+        "srmag1": _f32(mag3[obj, 0]),
+        "simag1": _f32(np.where(mag3[obj, 0] > 0, mag3[obj, 0] - 0.2, -999.0)),
+        "szmag1": _f32(np.where(mag3[obj, 0] > 0, mag3[obj, 0] - 0.3, -999.0)),
+        "sgscore1": _f32(sg3[obj, 0]),
+        "distpsnr1": _f32(dist3[obj, 0]),
+        "ndethist": ndethist.tolist(),
+        "ncovhist": ncovhist.tolist(),
+        "jdstarthist": np.where(n_hist[obj] > 0, jdstart[obj], jd[kidx == 0][obj]).tolist(),
+        "jdendhist": jd.tolist(),
+        "scorr": (snr * rng.uniform(0.9, 1.2, n)).tolist(),
+        "tooflag": [0] * n,
+        "objectidps1": np.where(
+            dist3[obj, 0] >= 0, rng.integers(10**16, 2 * 10**17, n), -999
+        ).tolist(),
+        "objectidps2": np.where(
+            dist3[obj, 1] >= 0, rng.integers(10**16, 2 * 10**17, n), -999
+        ).tolist(),
+        "sgmag2": _f32(np.where(mag3[obj, 1] > 0, mag3[obj, 1] + 0.4, -999.0)),
+        "srmag2": _f32(mag3[obj, 1]),
+        "simag2": _f32(np.where(mag3[obj, 1] > 0, mag3[obj, 1] - 0.2, -999.0)),
+        "szmag2": _f32(np.where(mag3[obj, 1] > 0, mag3[obj, 1] - 0.3, -999.0)),
+        "sgscore2": _f32(sg3[obj, 1]),
+        "distpsnr2": _f32(dist3[obj, 1]),
+        "objectidps3": np.where(
+            dist3[obj, 2] >= 0, rng.integers(10**16, 2 * 10**17, n), -999
+        ).tolist(),
+        "sgmag3": _f32(np.where(mag3[obj, 2] > 0, mag3[obj, 2] + 0.4, -999.0)),
+        "srmag3": _f32(mag3[obj, 2]),
+        "simag3": _f32(np.where(mag3[obj, 2] > 0, mag3[obj, 2] - 0.2, -999.0)),
+        "szmag3": _f32(np.where(mag3[obj, 2] > 0, mag3[obj, 2] - 0.3, -999.0)),
+        "sgscore3": _f32(sg3[obj, 2]),
+        "distpsnr3": _f32(dist3[obj, 2]),
+        "nmtchps": nmatch[obj].tolist(),
+        "rfid": (field[obj] * 10**6 + 120000 + fid * 100 + rcid).tolist(),
+        "jdstartref": (ZTF_START_JD + rng.uniform(0, 60, n)).tolist(),
+        "jdendref": (ZTF_START_JD + rng.uniform(60, 150, n)).tolist(),
+        "nframesref": obs.nframes_ref.astype(int).tolist(),
+        "rbversion": ["t17_f5_c3"] * n,
+        "dsnrms": _f32(snr * 0.8),
+        "ssnrms": _f32(snr),
+        "dsdiff": _f32(snr * -0.2),
+        "magzpsci": _f32(zp),
+        "magzpsciunc": _f32(rng.uniform(1e-5, 5e-4, n)),
+        "magzpscirms": _f32(rng.uniform(0.015, 0.06, n)),
+        "nmatches": rng.integers(300, 3000, n).tolist(),
+        "clrcoeff": _f32(rng.normal(0, 0.08, n)),
+        "clrcounc": _f32(rng.uniform(1e-5, 3e-4, n)),
+        "zpclrcov": _f32(-rng.uniform(0, 3e-4, n)),
+        "zpmed": _f32(zp + rng.normal(0, 0.02, n)),
+        "clrmed": _f32(rng.uniform(0.4, 1.2, n)),
+        "clrrms": _f32(rng.uniform(0.12, 0.35, n)),
+        "neargaia": _f32(np.where(dist3[obj, 0] >= 0, dist3[obj, 0] + 0.05, -999.0)),
+        "neargaiabright": _f32(np.where(rng.random(n) < 0.3, rng.uniform(20, 90, n), -999.0)),
+        "maggaia": _f32(np.where(dist3[obj, 0] >= 0, mag3[obj, 0] - 0.1, -999.0)),
+        "maggaiabright": _f32(np.where(rng.random(n) < 0.3, rng.uniform(11, 14, n), -999.0)),
+        "exptime": [30.0] * n,
+        "drb": _f32(drb),
+        "drbversion": ["d6_m7"] * n,
+    }
+    keys = list(cand_rows)
+    cands = [dict(zip(keys, vals, strict=True)) for vals in zip(*cand_rows.values(), strict=True)]
+
+    # Defects.
+    defect = np.full(n, "", dtype=object)
+    hit = rng.random(n) < plan.defects
+    defect[hit] = rng.choice(DEFECTS, size=int(hit.sum()))
+    stamps = [[sci[i], ref[i], diff[i] if positive[i] else -diff[i]] for i in range(n)]
+    for i in np.flatnonzero(hit):
+        if defect[i] == "nan_pixels":
+            for j in rng.choice(3, size=int(rng.integers(1, 4)), replace=False):
+                img = stamps[i][j].copy()
+                img.ravel()[rng.choice(img.size, int(img.size * rng.uniform(0.005, 0.05)))] = np.nan
+                r0, c0 = rng.integers(0, 55, 2)
+                img[r0 : r0 + rng.integers(2, 8), c0 : c0 + rng.integers(2, 8)] = np.nan
+                stamps[i][j] = img
+        elif defect[i] == "edge_stamp":
+            keep = int(rng.integers(40, 63))
+            side = int(rng.integers(4))
+            cut = [slice(None), slice(None)]
+            cut[side % 2] = slice(63 - keep, None) if side < 2 else slice(0, keep)
+            stamps[i] = [s_[tuple(cut)] for s_ in stamps[i]]
+            cands[i]["mindtoedge"] = float(np.float32(keep - 31.5))
+        else:
+            for f in rng.choice(
+                NULLABLE, size=int(rng.integers(1, len(NULLABLE) + 1)), replace=False
+            ):
+                cands[i][f] = None
+
+    alerts, labels = [], []
+    first_local = np.flatnonzero(kidx == 0)
+    for i in range(n):
+        c = cands[i]
+        o = obj[i]
+        prv = _prv_entries(c, int(in30[o]), int(n_nondet[o]), float(jdstart[o]), rng)
+        for j in range(first_local[o], i):  # tonight's earlier alerts of this object
+            prv.append({k: cands[j][k] for k in _PRV_FIELDS})
+        diff_name = "scimref" if c["isdiffpos"] == "t" else "refmsci"
+        cid, p = c["candid"], c["pid"]
+        alerts.append(
+            {
+                "schemavsn": "4.02",
+                "publisher": "ZTF (www.ztf.caltech.edu)",
+                "objectId": names[o],
+                "candid": cid,
+                "candidate": c,
+                "prv_candidates": prv or None,
+                "fp_hists": None,
+                "cutoutScience": {
+                    "fileName": f"candid{cid}_pid{p}_targ_sci.fits.gz",
+                    "stampData": encode_stamp(stamps[i][0]),
+                },
+                "cutoutTemplate": {
+                    "fileName": f"candid{cid}_ref.fits.gz",
+                    "stampData": encode_stamp(stamps[i][1]),
+                },
+                "cutoutDifference": {
+                    "fileName": f"candid{cid}_pid{p}_targ_{diff_name}.fits.gz",
+                    "stampData": encode_stamp(stamps[i][2]),
+                },
+            }
+        )
+        labels.append(
+            {
+                "candid": cid,
+                "objectId": names[o],
+                "class": CLASS_NAMES[cls[i]],
+                "subtype": _subtype(int(cls[i]), int(truth.kind[o])),
+                "defect": defect[i],
+            }
+        )
+    return list(zip(alerts, labels, strict=True))
+
+
+def _prv_entries(c: dict, n_det: int, n_nondet: int, jdstart: float, rng) -> list[dict]:
+    """Earlier detections (within 30 days) and upper limits, oldest first, as prv_candidates."""
+    jd = c["jd"]
+    lo = max(jd - 30.0, jdstart)
+    out = []
+    det_jd = np.sort(rng.uniform(lo, jd - 0.5, n_det)) if n_det and jd - 0.5 > lo else []
+    if len(det_jd):
+        det_jd[0] = max(det_jd[0], jdstart)
+    lim_jd = rng.uniform(jd - 30.0, jd - 0.5, n_nondet)
+    for t, is_det in sorted(
+        [(float(t), True) for t in det_jd] + [(float(t), False) for t in lim_jd]
+    ):
+        e = dict.fromkeys(_PRV_FIELDS)
+        fid = int(rng.integers(1, 3))
+        nid = c["nid"] - round(jd - t)
+        frac = round((t + 0.5) % 1.0 * 1e5)
+        pid = nid * 10**9 + frac * 10**4 + c["rcid"] * 100 + 15
+        e.update(
+            jd=t,
+            fid=fid,
+            pid=pid,
+            nid=nid,
+            rcid=c["rcid"],
+            field=c["field"],
+            programid=1,
+            programpi="Kulkarni",
+            rbversion="t17_f5_c3",
+            diffmaglim=float(np.float32(20.4 + rng.normal(0, 0.4))),
+            magzpsci=float(np.float32(ZP[fid] + rng.normal(0, 0.05))),
+        )
+        if is_det:
+            mag = float(np.float32(c["magpsf"] + rng.normal(0, 0.2)))
+            e.update(
+                candid=pid * 10**6 + 10000 + int(rng.integers(0, 999)),
+                isdiffpos=c["isdiffpos"],
+                ra=c["ra"] + rng.normal(0, 2e-5),
+                dec=c["dec"] + rng.normal(0, 2e-5),
+                magpsf=mag,
+                sigmapsf=c["sigmapsf"],
+                fwhm=c["fwhm"],
+                classtar=c["classtar"],
+                distnr=c["distnr"],
+                magnr=c["magnr"],
+                sigmagnr=c["sigmagnr"],
+                chinr=c["chinr"],
+                sharpnr=c["sharpnr"],
+                rb=c["rb"],
+                ssdistnr=-999.0,
+                ssmagnr=-999.0,
+                ssnamenr="null",
+                ranr=c["ranr"],
+                decnr=c["decnr"],
+                tblid=0,
+            )
+        out.append(e)
+    return out
