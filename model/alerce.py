@@ -17,45 +17,9 @@ import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import tensorflow as tf
 
 from model.network import LAYER_NAMES, LAYER_NAMES_IMAGES_ONLY, NetworkConfig, build_network
-
-#: Feature order of ALeRCE's checkpoints (SPEC §4): 23 production, 26 with rb, distnr, magnr.
-ALERCE_FEATURES_23 = (
-    "sgscore1",
-    "distpsnr1",
-    "sgscore2",
-    "distpsnr2",
-    "sgscore3",
-    "distpsnr3",
-    "isdiffpos",
-    "fwhm",
-    "magpsf",
-    "sigmapsf",
-    "ra",
-    "dec",
-    "diffmaglim",
-    "classtar",
-    "ndethist",
-    "ncovhist",
-    "ecl_lat",
-    "ecl_long",
-    "gal_lat",
-    "gal_long",
-    "non_detections",
-    "chinr",
-    "sharpnr",
-)
-ALERCE_FEATURES_26 = (
-    *ALERCE_FEATURES_23[:13],
-    "rb",
-    "distnr",
-    "magnr",
-    *ALERCE_FEATURES_23[13:],
-)
-
 
 #: Crop sizes the paper searched (Table 3) [pixels].
 CROPS = (21, 41, 63)
@@ -238,12 +202,3 @@ def find_feature_stats(checkpoint_dir: str | Path) -> dict[str, dict[str, float]
         except KeyError:
             return None
     return None
-
-
-def stats_arrays(
-    stats: dict[str, dict[str, float]], features: tuple[str, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std vectors in ``features`` order (KeyError names a missing feature)."""
-    mean = np.array([stats[f]["mean"] for f in features], np.float32)
-    std = np.array([stats[f]["std"] for f in features], np.float32)
-    return mean, std

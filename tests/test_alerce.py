@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from model.alerce import (
-    ALERCE_FEATURES_23,
-    ALERCE_FEATURES_26,
     checkpoint_prefix,
     find_feature_stats,
     infer_config,
@@ -19,6 +17,7 @@ from model.alerce import (
 )
 from model.alerce_reference import AlerceGraph
 from tests.conftest import DATA
+from transforms.schema import FEATURES_ALERCE_26, FEATURES_PRODUCTION
 
 ALERCE = DATA / "alerce"
 needs_alerce = pytest.mark.skipif(
@@ -44,10 +43,10 @@ def test_variant_inferred_from_shapes(name, kernel, n_features):
 def test_feature_stats_pickle_equals_json_and_orders():
     pkl = read_feature_stats(ALERCE / "best_model_so_far" / "feature_norm_stats.pkl")
     assert pkl == read_feature_stats(ALERCE / "feature_norm_stats.json", "best_model_so_far")
-    assert tuple(pkl) == ALERCE_FEATURES_26
+    assert tuple(pkl) == FEATURES_ALERCE_26
     assert pkl["isdiffpos"]["mean"] == 0.0  # ALeRCE's quirk, kept on purpose
     prod = find_feature_stats(ALERCE / "production_model_graph_only")
-    assert tuple(prod) == ALERCE_FEATURES_23
+    assert tuple(prod) == FEATURES_PRODUCTION
 
 
 def test_stats_pickle_refuses_code(tmp_path):

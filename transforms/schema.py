@@ -1,14 +1,16 @@
 """The one module that owns every name: classes, feature keys, stamp kinds, dead-letter fields.
 
-Everything downstream (features, model, sinks, BigQuery) imports names from here rather than spelling
-them as string literals, so a rename happens in one place. Units are given in the declarations.
+Everything downstream (features, model, sinks, BigQuery) imports names from here rather than
+spelling them as string literals, so a rename happens in one place. Units are given in the
+declarations.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-#: Classes, in the order the network emits them (SPEC §6). Never reorder: imported weights depend on it.
+#: Classes, in the order the network emits them (SPEC §6). Never reorder: imported weights rely
+#: on it.
 CLASS_NAMES: Final[tuple[str, ...]] = ("AGN", "SN", "VS", "asteroid", "bogus")
 
 #: Alert fields holding the three cutouts, in the channel order the network stacks them
@@ -32,7 +34,7 @@ REQUIRED_CANDIDATE_FIELDS: Final[tuple[str, ...]] = (
     "fid",  # filter id: 1 g, 2 r, 3 i
 )
 
-# --- Dead letters (SPEC §9) -------------------------------------------------------------------------
+# --- Dead letters (SPEC §9) -----------------------------------------------------------------------
 #: Pipeline stages a record can die in, in pipeline order.
 STAGE_READ: Final[str] = "read"  # the file or archive member could not be read at all
 STAGE_DECODE: Final[str] = "decode"  # Avro container / record / ZTF-shape problems
@@ -181,3 +183,46 @@ DEFAULT_CROP: Final[int] = 21
 STAMP_SIZE_POLICIES: Final[tuple[str, ...]] = ("drop", "pad")
 #: Output key of the exported serving signature (probabilities in :data:`CLASS_NAMES` order).
 SERVING_OUTPUT_KEY: Final[str] = "probabilities"
+
+# --- Classification outputs (SPEC §9) -------------------------------------------------------------
+#: Probability column for each class, in CLASS_NAMES order.
+PROBABILITY_COLUMNS: Final[tuple[str, ...]] = tuple(f"p_{c}" for c in CLASS_NAMES)
+#: One row per classified alert (probabilities/*.parquet, BigQuery `probabilities`).
+PROBABILITY_ROW: Final[tuple[tuple[str, str], ...]] = (
+    ("objectId", "STRING"),
+    ("candid", "INTEGER"),
+    ("jd", "FLOAT"),  # [day] Julian date of the detection
+    ("ra", "FLOAT"),  # [deg] J2000
+    ("dec", "FLOAT"),  # [deg] J2000
+    ("fid", "INTEGER"),  # 1 g, 2 r, 3 i
+    ("magpsf", "FLOAT"),  # [mag] PSF-fit magnitude in the difference image
+    *((c, "FLOAT") for c in PROBABILITY_COLUMNS),
+    ("predicted_class", "STRING"),
+    ("rule", "STRING"),  # which SPEC §8 rule decided the class; null when the CNN did
+    ("model_name", "STRING"),
+    ("model_version", "STRING"),
+)
+PROBABILITY_COLUMN_NAMES: Final[tuple[str, ...]] = tuple(n for n, _ in PROBABILITY_ROW)
+
+# --- Rules around the CNN (SPEC §8), as recorded in the `rule` column -----------------------------
+RULE_KNOWN_ASTEROID: Final[str] = "known_solar_system_object"  # ssdistnr >= 0 [arcsec]
+RULE_SN_VETO_NEGATIVE: Final[str] = "sn_veto_negative_difference"  # SN but isdiffpos negative
+RULE_SN_VETO_STAR: Final[str] = "sn_veto_nearby_star"  # SN but sgscore1 > 0.5, distpsnr1 < 1"
+#: Thresholds of the SN veto: PS1 star-galaxy score and distance to the nearest PS1 source.
+SN_VETO_SGSCORE: Final[float] = 0.5
+SN_VETO_DISTANCE: Final[float] = 1.0  # [arcsec]
+
+# --- Selection (SPEC §8): why an alert is skipped before classification ---------------------------
+SKIP_NOT_FIRST_IN_INPUT: Final[str] = "not_first_in_input"  # a later alert of an object in the run
+SKIP_EARLIER_DETECTION: Final[str] = "earlier_detection_in_history"  # prv_candidates has one before
+SKIP_STAMP_SIZE: Final[str] = "stamp_not_63x63"  # --stamp-policy drop (ALeRCE parity)
+
+# --- Sky density ----------------------------------------------------------------------------------
+SKY_DENSITY_ROW: Final[tuple[tuple[str, str], ...]] = (
+    ("night", "STRING"),  # UT date YYYYMMDD of the detection (ZTF nights fall within one UT date)
+    ("nside", "INTEGER"),
+    ("pixel", "INTEGER"),  # HEALPix NESTED index, ICRS
+    ("class", "STRING"),  # predicted class
+    ("count", "INTEGER"),
+    ("mean_probability", "FLOAT"),  # mean p_class of the alerts predicted as that class
+)
