@@ -15,5 +15,6 @@ Jobs (``stampflow COMMAND``, see :mod:`pipeline.cli`):
 * ``simulate`` / ``montage``: realistic labelled ZTF alerts, and pictures of them.
 
 Local runs name their runner (``FnApiRunner``), so nothing is downloaded; on Dataflow add
-``--runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py``.
+``--runner DataflowRunner --project P --region R --temp_location gs://B/tmp``
+``--setup_file ./setup.py``.
 """

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 #: subcommand -> (module that registers it, one-line help). Order is the order ``--help`` shows.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("pipeline.run_job", "classify alerts: probabilities, sky density, SN candidates"),
+    "train": ("model.train", "train, evaluate and export a model on labelled alerts"),
     "decode": ("pipeline.decode_job", "decode alert files/archives and summarise them (no model)"),
     "simulate": ("simulator.cli", "write realistic simulated ZTF alerts with labels"),
     "montage": ("simulator.cli", "draw science/reference/difference triplets per class"),
