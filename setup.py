@@ -41,6 +41,11 @@ setup(
             "pytest-xdist>=3.5",
             "hypothesis>=6.100",
             "ruff>=0.6",
+            # BigQuery emulator for the sink tests (offline: DuckDB extensions from PyPI).
+            "bqemulator==1.4.0",
+            "duckdb==1.5.5",
+            "duckdb-extension-spatial==1.5.5",
+            "duckdb-extension-avro==1.5.5",
         ],
         # TensorFlow's CUDA wheels for GPU workers (Linux x86_64 only).
         "gpu": ["tensorflow[and-cuda]==2.21.0"],

@@ -202,3 +202,104 @@ def find_feature_stats(checkpoint_dir: str | Path) -> dict[str, dict[str, float]
         except KeyError:
             return None
     return None
+
+
+def import_alerce(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    stats_path: str | Path | None = None,
+    name: str | None = None,
+    version: str | None = None,
+) -> dict[str, Any]:
+    """Turn an ALeRCE TF1 checkpoint into a stampflow model directory.
+
+    Parameters
+    ----------
+    checkpoint
+        Checkpoint directory or prefix.
+    out_dir
+        Model directory to write.
+    stats_path
+        Feature statistics (``.json`` or ALeRCE ``.pkl``); default: found beside the checkpoint.
+    name, version
+        Recorded in the metadata and every output row (default ``alerce-<dir name>``, ``tf1``).
+
+    Returns
+    -------
+    dict
+        The model metadata written.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from model.export import export_model, fit_transform
+    from transforms.schema import FEATURES_ALERCE_26, FEATURES_PRODUCTION
+
+    prefix = checkpoint_prefix(checkpoint)
+    net, config = load_alerce_network(prefix)
+    if config.n_features == 26:
+        features = FEATURES_ALERCE_26
+    elif config.n_features in (0, 23):
+        features = FEATURES_PRODUCTION
+    else:
+        raise CheckpointError(f"{prefix}: {config.n_features} features fit no known feature list")
+    if config.n_features == 0:
+        # Images only: the signature still takes features (one serving interface); unused.
+        stats = {f: {"mean": 0.0, "std": 1.0} for f in features}
+    elif stats_path is not None:
+        stats = read_feature_stats(stats_path, Path(prefix).parent.name)
+    else:
+        stats = find_feature_stats(Path(prefix).parent)
+        if stats is None:
+            raise CheckpointError(f"no feature statistics beside {prefix}; pass --stats")
+    missing = [f for f in features if f not in stats]
+    if missing:
+        raise CheckpointError(f"statistics lack {missing}")
+    label = Path(prefix).parent.name
+    with tempfile.TemporaryDirectory(prefix="stampflow-import-") as tmp:
+        # Fixed statistics: the Beam fit runs no analyzer, two dummy rows suffice.
+        transform = fit_transform(
+            np.zeros((2, len(features)), np.float32),
+            np.zeros((2, 63, 63, 3), np.float32),
+            features,
+            f"{tmp}/transform",
+            config.crop,
+            stats={f: stats[f] for f in features},
+        )
+        return export_model(
+            net,
+            transform,
+            str(out_dir),
+            config,
+            features,
+            name or f"alerce-{label}",
+            version or "tf1",
+            description=f"ALeRCE stamp classifier imported from {prefix}",
+            extra={"source_checkpoint": str(prefix), "feature_stats": stats},
+        )
+
+
+def register(subparsers: Any, name: str) -> None:
+    """Add ``stampflow import-alerce``."""
+    parser = subparsers.add_parser(
+        name,
+        help="import an ALeRCE TF1 checkpoint as a stampflow model",
+        description=import_alerce.__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("checkpoint", help="checkpoint directory or prefix (dir/model)")
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--stats", default=None, help="feature_norm_stats .json or .pkl")
+    parser.add_argument("--name", default=None, help="model name (default alerce-<dir>)")
+    parser.add_argument("--version", default=None, help="model version (default tf1)")
+
+    def _main(args: Any) -> int:
+        meta = import_alerce(args.checkpoint, args.out, args.stats, args.name, args.version)
+        print(
+            f"imported {meta['name']} ({meta['architecture']['kernel_size']}x"
+            f"{meta['architecture']['kernel_size']} kernels, {len(meta['features'])} features"
+            f"{', images only' if meta['images_only'] else ''}) to {args.out}"
+        )
+        return 0
+
+    parser.set_defaults(func=_main)

@@ -75,7 +75,7 @@ def fit_transform(
                 for f, s in zip(data["features"], data["stamps"], strict=True):
                     yield {RAW_FEATURES_KEY: f, RAW_STAMPS_KEY: s}
 
-        options = PipelineOptions(runner="FnApiRunner")
+        options = PipelineOptions([], runner="FnApiRunner")  # not sys.argv: those are ours
         with beam.Pipeline(options=options) as p:
             examples = p | "Shards" >> beam.Create(shards) | "Load" >> beam.FlatMap(load)
             _ = examples | "Fit" >> FitTransform(

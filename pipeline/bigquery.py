@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import math
 import re
 import uuid
@@ -580,9 +581,7 @@ class WriteTables(beam.PTransform):
         name = staging_table_id(table, self.run_id) if self.run_id else table
         return f"{self.project}:{self.dataset}.{name}"
 
-    def expand(
-        self, pcolls: Mapping[str, beam.PCollection[dict[str, Any]]]
-    ) -> dict[str, beam.PCollection[Any]]:
+    def expand(self, pcolls: Mapping[str, beam.PCollection]) -> dict[str, beam.PCollection]:
         unknown = sorted(set(pcolls) - set(TABLES))
         if unknown:
             raise ValueError(f"unknown table(s) {unknown}; expected some of {TABLES}")
@@ -591,10 +590,12 @@ class WriteTables(beam.PTransform):
         pipeline = next(iter(pcolls.values())).pipeline
         method = self._method(pipeline)
         emulator = self.emulator_endpoint is not None
+        retry = RetryStrategy.RETRY_NEVER if emulator else RetryStrategy.RETRY_ON_TRANSIENT_ERROR
+        client = make_client(self.project, self.emulator_endpoint) if emulator else None
         failed = {}
         for table in (t for t in TABLES if t in pcolls):
             rows = pcolls[table] | f"ToRows[{table}]" >> beam.Map(
-                lambda row, t=table: to_bigquery_row(t, row)
+                functools.partial(to_bigquery_row, table)
             )
             result = rows | f"Write[{table}]" >> WriteToBigQuery(
                 self.destination(table),
@@ -602,10 +603,8 @@ class WriteTables(beam.PTransform):
                 method=method,
                 create_disposition=BigQueryDisposition.CREATE_NEVER,
                 write_disposition=BigQueryDisposition.WRITE_APPEND,
-                insert_retry_strategy=(
-                    RetryStrategy.RETRY_NEVER if emulator else RetryStrategy.RETRY_ON_TRANSIENT_ERROR
-                ),
-                test_client=make_client(self.project, self.emulator_endpoint) if emulator else None,
+                insert_retry_strategy=retry,
+                test_client=client,
                 ignore_insert_ids=emulator,  # the emulator ignores them; Beam's test ids collide
                 custom_gcs_temp_location=self.custom_gcs_temp_location,
                 batch_size=self.batch_size,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.run_job", "classify alerts: probabilities, sky density, SN candidates"),
     "train": ("model.train", "train, evaluate and export a model on labelled alerts"),
+    "import-alerce": ("model.alerce", "import an ALeRCE TF1 checkpoint as a stampflow model"),
     "decode": ("pipeline.decode_job", "decode alert files/archives and summarise them (no model)"),
     "simulate": ("simulator.cli", "write realistic simulated ZTF alerts with labels"),
     "montage": ("simulator.cli", "draw science/reference/difference triplets per class"),
@@ -50,9 +52,38 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: Subcommands that load TensorFlow (its start-up chatter is silenced unless --verbose).
+_TF_COMMANDS = frozenset({"run", "train", "evaluate", "import-alerce", "bench"})
+
+
+def silence_tensorflow_startup() -> None:
+    """Import TensorFlow with stderr muted at the file-descriptor level.
+
+    TensorFlow's C++ runtime prints CUDA probing lines ("Could not find cuda drivers", "failed
+    call to cuInit") before its log level applies, straight to fd 2, so only redirecting the
+    descriptor during the import and the first device query keeps a normal run quiet.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``stampflow``; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    if chosen in _TF_COMMANDS and "--verbose" not in argv:
+        silence_tensorflow_startup()
     parser = build_parser(argv)
     # Jobs that run a Beam pipeline accept Beam's own options (--runner, --project, ...) unparsed.
     args, extra = parser.parse_known_args(argv)
