@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,42 @@ def to_row(
     return row
 
 
+@dataclass(frozen=True)
+class BigQueryTarget:
+    """Where and how a run writes its tables to BigQuery (see :mod:`pipeline.bigquery`)."""
+
+    project: str
+    dataset: str
+    run_id: str
+    endpoint: str | None = None  # the emulator's http://127.0.0.1:PORT; None for GCP
+
+    @classmethod
+    def parse(cls, spec: str, endpoint: str | None = None) -> BigQueryTarget:
+        """``PROJECT:DATASET`` (or ``PROJECT.DATASET``) → a target with a fresh run id."""
+        from pipeline.bigquery import new_run_id
+
+        project, sep, dataset = spec.replace(".", ":", 1).partition(":")
+        if not sep or not project or not dataset:
+            raise ValueError(f"--bigquery-dataset wants PROJECT:DATASET, got {spec!r}")
+        return cls(project, dataset, new_run_id(), endpoint)
+
+    def prepare(self) -> None:
+        """Create the dataset, tables and this run's staging tables."""
+        from pipeline.bigquery import create_staging_tables, ensure_tables, make_client
+
+        client = make_client(self.project, self.endpoint)
+        ensure_tables(client, self.dataset, self.project)
+        create_staging_tables(client, self.dataset, self.project, self.run_id)
+
+    def commit(self) -> dict[str, int]:
+        """Move this run's rows into the tables, replacing an earlier run's (no duplicates)."""
+        from pipeline.bigquery import commit_run, make_client
+
+        return commit_run(
+            make_client(self.project, self.endpoint), self.dataset, self.project, self.run_id
+        )
+
+
 # --- Sinks ----------------------------------------------------------------------------------------
 def _arrow_schema(columns: Sequence[tuple[str, str]]):
     import pyarrow as pa
@@ -236,6 +273,7 @@ def build(
     stamp_policy: str = "drop",
     nside: int = 64,
     top_sn: int = 50,
+    bigquery: BigQueryTarget | None = None,
 ) -> None:
     """Add the classification job to pipeline ``p``; see the module docstring for the outputs."""
     meta = read_metadata(model_dir)
@@ -255,32 +293,42 @@ def build(
         classified[DEAD_LETTERS],
     ) | "AllDeadLetters" >> beam.Flatten()
 
-    _ = (
-        rows
-        | "ProjectRows" >> beam.Map(lambda r: {k: r[k] for k in PROBABILITY_COLUMN_NAMES})
-        | "WriteProbabilities"
-        >> beam.io.WriteToParquet(
-            join(output, "probabilities", "part"),
-            _arrow_schema(PROBABILITY_ROW),
-            file_name_suffix=".parquet",
-            num_shards=1,
-            shard_name_template="-SSSSS-of-NNNNN",
-        )
+    projected = rows | "ProjectRows" >> beam.Map(
+        lambda r: {k: r[k] for k in PROBABILITY_COLUMN_NAMES}
     )
-    _ = (
+    _ = projected | "WriteProbabilities" >> beam.io.WriteToParquet(
+        join(output, "probabilities", "part"),
+        _arrow_schema(PROBABILITY_ROW),
+        file_name_suffix=".parquet",
+        num_shards=1,
+        shard_name_template="-SSSSS-of-NNNNN",
+    )
+    density = (
         rows
         | "BatchForPixels" >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
         | "Pixels" >> beam.FlatMap(_density_keyed, nside=nside)
         | "SumPerPixel" >> beam.CombinePerKey(_sum_pairs)
         | "DensityRow" >> beam.MapTuple(lambda key, cs: density_rows([(key, cs)], nside)[0])
-        | "WriteSkyDensity"
-        >> beam.io.WriteToParquet(
-            join(output, "sky_density", "part"),
-            _arrow_schema(SKY_DENSITY_ROW),
-            file_name_suffix=".parquet",
-            num_shards=1,
-        )
     )
+    _ = density | "WriteSkyDensity" >> beam.io.WriteToParquet(
+        join(output, "sky_density", "part"),
+        _arrow_schema(SKY_DENSITY_ROW),
+        file_name_suffix=".parquet",
+        num_shards=1,
+    )
+    if bigquery is not None:
+        from pipeline.bigquery import WriteTables
+
+        _ = {
+            "probabilities": projected,
+            "sky_density": density,
+            "dead_letters": dead,
+        } | "WriteBigQuery" >> WriteTables(
+            bigquery.project,
+            bigquery.dataset,
+            run_id=bigquery.run_id,
+            emulator_endpoint=bigquery.endpoint,
+        )
     _ = (
         rows
         | "SNOnly" >> beam.Filter(lambda r: r["predicted_class"] == "SN")
@@ -447,7 +495,7 @@ def finish(output: str, model: dict[str, Any], runtime_s: float, nside: int) -> 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The job's own typed flags; anything else is passed to Beam as pipeline options."""
     parser.add_argument(
-        "--input", nargs="+", required=True, help="alert files, directories, globs, archives"
+        "--input", nargs="+", default=None, help="alert files, directories, globs, archives"
     )
     parser.add_argument("--output", type=str, default="output", help="output directory")
     parser.add_argument(
@@ -474,12 +522,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--healpix-nside", type=int, default=64, help="sky-density resolution")
     parser.add_argument("--top-sn", type=int, default=50, help="SN candidates to report")
     parser.add_argument(
+        "--bigquery-dataset",
+        default=None,
+        metavar="PROJECT:DATASET",
+        help="also write the tables to BigQuery (re-running a night replaces, never duplicates)",
+    )
+    parser.add_argument(
+        "--bigquery-emulator",
+        default=None,
+        metavar="URL",
+        help="BigQuery API endpoint of a local emulator (http://127.0.0.1:PORT), for tests",
+    )
+    parser.add_argument(
         "--runner",
         type=str,
         default="FnApiRunner",
         help="Beam runner (default: %(default)s, local, no download)",
     )
     parser.add_argument("--verbose", action="store_true", help="show library logs")
+    parser.add_argument(
+        "--streaming", action="store_true", help="read Pub/Sub instead of files (see below)"
+    )
+    from pipeline.streaming import add_streaming_arguments
+
+    add_streaming_arguments(parser.add_argument_group("streaming (with --streaming)"))
 
 
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
@@ -501,6 +567,12 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
 def _run(args: argparse.Namespace, beam_args: list[str], test_pipeline=None) -> dict:
     if not args.verbose:
         quiet()
+    if args.streaming:
+        from pipeline.streaming import run_streaming
+
+        return run_streaming(args, beam_args, test_pipeline)
+    if not args.input:
+        raise SystemExit("stampflow run: --input is required (or --streaming)")
     model = read_metadata(args.model)
     options = PipelineOptions(beam_args, runner=args.runner)
     started = time.perf_counter()
@@ -513,13 +585,19 @@ def _run(args: argparse.Namespace, beam_args: list[str], test_pipeline=None) -> 
         stamp_policy=args.stamp_policy,
         nside=args.healpix_nside,
         top_sn=args.top_sn,
+        bigquery=None,
     )
+    if args.bigquery_dataset:
+        kwargs["bigquery"] = BigQueryTarget.parse(args.bigquery_dataset, args.bigquery_emulator)
+        kwargs["bigquery"].prepare()
     if test_pipeline is not None:
         build(test_pipeline, **kwargs)
         test_pipeline.run().wait_until_finish()
     else:
         with beam.Pipeline(options=options) as p:
             build(p, **kwargs)
+    if kwargs["bigquery"] is not None:
+        kwargs["bigquery"].commit()
     return finish(args.output, model, time.perf_counter() - started, args.healpix_nside)
 
 

@@ -188,3 +188,35 @@ def test_multi_process_runner(night, model_dir, tmp_path):
         ]
     )
     assert summary["reconciled"] and summary["classified"] > 0
+
+
+def test_bigquery_rows_equal_parquet_rows_and_reruns_replace(first_run, night, model_dir, tmp_path):
+    from tests.bq_emulator import BigQueryEmulator, EmulatorUnavailableError, missing_requirements
+
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    try:
+        emulator = BigQueryEmulator.start(tmp_path / "bq")
+    except EmulatorUnavailableError as e:
+        pytest.skip(f"BigQuery emulator cannot be started: {e}")
+    try:
+        args = [
+            "--input", str(night), "--model", str(model_dir),
+            "--bigquery-dataset", f"{emulator.project}:night",
+            "--bigquery-emulator", emulator.url,
+        ]  # fmt: skip
+        for i in range(2):  # the second run of the same night must replace, not duplicate
+            run([*args, "--output", str(tmp_path / f"out{i}")])
+        client = emulator.client()
+        table = f"{emulator.project}.night.probabilities"
+        bq = [dict(r) for r in client.query(f"SELECT * FROM `{table}`").result()]
+        parquet = _rows(first_run[0])
+        key = lambda r: r["candid"]  # noqa: E731
+        assert len(bq) == len(parquet)
+        for got, want in zip(sorted(bq, key=key), sorted(parquet, key=key), strict=True):
+            assert set(got) == set(want)
+            for k, v in want.items():
+                assert got[k] == pytest.approx(v) if isinstance(v, float) else got[k] == v, k
+    finally:
+        emulator.stop()
