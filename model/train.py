@@ -420,8 +420,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--description", default="", help="training data description")
 
 
+def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
+    """``stampflow evaluate``: an exported model on labelled alerts → report.json and pictures."""
+    from model.evaluate import format_report, write_report
+    from model.handler import read_metadata
+
+    meta = read_metadata(args.model)
+    data, counts = load_dataset(args.alerts, read_labels(args.labels), meta["features"])
+    probs = evaluate_model(args.model, data.features, data.stamps)
+    report = write_report(data.labels, probs, args.out, name=f"{meta['name']} {meta['version']}")
+    print(
+        f"{len(data.labels)} labelled alerts ({counts['unlabelled']} unlabelled, "
+        f"{counts['dead']} unusable)"
+    )
+    print(format_report(report))
+    print(f"report and pictures in {args.out}")
+    return report
+
+
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:
-    """Add ``stampflow train``."""
+    """Add ``stampflow train`` or ``stampflow evaluate``."""
+    if name == "evaluate":
+        parser = subparsers.add_parser(
+            name,
+            help="evaluate an exported model on labelled alerts",
+            description=evaluate_command.__doc__,
+        )
+        parser.add_argument("--model", required=True, help="exported model directory")
+        parser.add_argument("--alerts", nargs="+", required=True, help="alert files/dirs")
+        parser.add_argument("--labels", required=True, help="CSV with candid, objectId, class")
+        parser.add_argument("--out", required=True, help="directory for report.json and PNGs")
+        parser.set_defaults(func=lambda a: evaluate_command(a) and 0)
+        return
     parser = subparsers.add_parser(
         name, help="train, evaluate and export a model", description=__doc__.split("\n\n")[0]
     )

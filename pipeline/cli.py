@@ -18,6 +18,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.run_job", "classify alerts: probabilities, sky density, SN candidates"),
     "train": ("model.train", "train, evaluate and export a model on labelled alerts"),
+    "evaluate": ("model.train", "evaluate an exported model on labelled alerts"),
     "import-alerce": ("model.alerce", "import an ALeRCE TF1 checkpoint as a stampflow model"),
     "decode": ("pipeline.decode_job", "decode alert files/archives and summarise them (no model)"),
     "simulate": ("simulator.cli", "write realistic simulated ZTF alerts with labels"),
