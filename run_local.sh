@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: simulate a small sample night (once), then run on it.
+# The main job on the embedded default: simulate a small sample night (once), then classify it
+# with the shipped default model (trained on simulated alerts).
 #   ./run_local.sh                 sample night under ./sample_night, outputs under ./output
 #   ./run_local.sh PATH...         your own alert files / directories / archives instead
 set -euo pipefail
@@ -27,4 +28,6 @@ else
   fi
   inputs=(sample_night)
 fi
-.venv/bin/stampflow decode "${inputs[@]}" --output output/decode
+.venv/bin/stampflow run --input "${inputs[@]}" --output output
+echo
+echo "Pictures: output/sky_map.png (sky density per class), output/sn_candidates.html (open in a browser)"

@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("model.train", "train, evaluate and export a model on labelled alerts"),
     "evaluate": ("model.train", "evaluate an exported model on labelled alerts"),
     "import-alerce": ("model.alerce", "import an ALeRCE TF1 checkpoint as a stampflow model"),
+    "bench": ("bench.cli", "measure throughput per stage and end to end against the baseline"),
+    "publish": ("pipeline.publish", "replay alert files into a Pub/Sub topic"),
     "decode": ("pipeline.decode_job", "decode alert files/archives and summarise them (no model)"),
     "simulate": ("simulator.cli", "write realistic simulated ZTF alerts with labels"),
     "montage": ("simulator.cli", "draw science/reference/difference triplets per class"),

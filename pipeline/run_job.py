@@ -274,6 +274,7 @@ def build(
     nside: int = 64,
     top_sn: int = 50,
     bigquery: BigQueryTarget | None = None,
+    progress: bool = False,
 ) -> None:
     """Add the classification job to pipeline ``p``; see the module docstring for the outputs."""
     meta = read_metadata(model_dir)
@@ -293,6 +294,12 @@ def build(
         classified[DEAD_LETTERS],
     ) | "AllDeadLetters" >> beam.Flatten()
 
+    if progress:
+        from pipeline.progress import Tap
+
+        _ = read[ALERTS] | "ProgressRead" >> beam.ParDo(Tap("read"))
+        _ = rows | "ProgressClassified" >> beam.ParDo(Tap("classified"))
+        _ = dead | "ProgressDead" >> beam.ParDo(Tap("dead"))
     projected = rows | "ProjectRows" >> beam.Map(
         lambda r: {k: r[k] for k in PROBABILITY_COLUMN_NAMES}
     )
@@ -541,6 +548,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--verbose", action="store_true", help="show library logs")
     parser.add_argument(
+        "--quiet-progress", action="store_true", help="no progress lines while running"
+    )
+    parser.add_argument(
         "--streaming", action="store_true", help="read Pub/Sub instead of files (see below)"
     )
     from pipeline.streaming import add_streaming_arguments
@@ -586,6 +596,7 @@ def _run(args: argparse.Namespace, beam_args: list[str], test_pipeline=None) -> 
         nside=args.healpix_nside,
         top_sn=args.top_sn,
         bigquery=None,
+        progress=not args.quiet_progress,
     )
     if args.bigquery_dataset:
         kwargs["bigquery"] = BigQueryTarget.parse(args.bigquery_dataset, args.bigquery_emulator)
