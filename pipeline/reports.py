@@ -123,6 +123,7 @@ body{font-family:system-ui,sans-serif;margin:24px;color:#222}
 table{border-collapse:collapse}
 td,th{border-bottom:1px solid #ddd;padding:6px 8px;vertical-align:middle}
 th{background:#f4f4f4;text-align:left}.num{text-align:right;font-variant-numeric:tabular-nums}
+.stamps{white-space:nowrap}
 .stamps img{width:96px;height:96px;margin-right:4px;image-rendering:pixelated}
 .bar{display:inline-block;height:10px;background:#2a7ae2;margin-right:6px}.small{color:#666;font-size:90%}
 .rule{color:#b35;font-size:90%}

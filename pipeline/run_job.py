@@ -632,5 +632,8 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     summary = _run(args, args.beam_args)
+    if args.streaming:  # no files to point at: the outputs are topics and tables
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
     print(format_summary(summary, args.output))
     return 0

@@ -216,6 +216,9 @@ SN_VETO_DISTANCE: Final[float] = 1.0  # [arcsec]
 SKIP_NOT_FIRST_IN_INPUT: Final[str] = "not_first_in_input"  # a later alert of an object in the run
 SKIP_EARLIER_DETECTION: Final[str] = "earlier_detection_in_history"  # prv_candidates has one before
 SKIP_STAMP_SIZE: Final[str] = "stamp_not_63x63"  # --stamp-policy drop (ALeRCE parity)
+SKIP_DUPLICATE: Final[str] = "duplicate_candid"  # streaming: a redelivered or replayed alert
+#: Streaming: an object's alert older than the one already classified, arriving after the hold.
+SKIP_EARLIER_ALREADY_CLASSIFIED: Final[str] = "earlier_after_release"
 
 # --- Sky density ----------------------------------------------------------------------------------
 SKY_DENSITY_ROW: Final[tuple[tuple[str, str], ...]] = (

@@ -1,0 +1,352 @@
+"""``stampflow bench``: throughput per stage and end to end against the baseline, in one run.
+
+The flow::
+
+    simulate a night of N alerts (cached) ─ export a random-weight production model (cached)
+      ─ machine fp32 matmul GFLOP/s
+      ─ per stage on a subset: decoding (ours vs fastavro / astropy), featurisation (batched vs
+        per alert), transform, inference at batch 1, 64, 256 (GFLOP/s, % of the machine)
+      ─ the same stages on ../shared/data/ztf_alerts when present (no inference)
+      ─ baseline (bench.baseline) on a subset of the same night's files
+      ─ ``stampflow run`` end to end on the whole night (subprocess): alerts/s, peak RSS
+      ─ optional extra sizes (--sizes) for the scaling table; optional cProfile (--profile)
+    ─▶ a markdown table on stdout and, with --json, every number
+
+    stampflow bench --quick                       # 5k alerts, a few minutes
+    stampflow bench --alerts 50000 --json bench.json --sizes 5000,20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REAL = ROOT.parent / "shared" / "data" / "ztf_alerts"
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / "stampflow-bench"
+DEFAULT_ALERTS, QUICK_ALERTS = 50_000, 5_000
+
+
+def run_bench(
+    alerts: int = DEFAULT_ALERTS,
+    workers: int = 2,
+    stage_alerts: int = 1000,
+    baseline_alerts: int = 2000,
+    cache_dir: str | Path = DEFAULT_CACHE,
+    real_dir: str | Path | None = DEFAULT_REAL,
+    sizes: tuple[int, ...] = (),
+    seed: int = 0,
+    repeat: int = 3,
+    seconds: float = 3.0,
+    profile: str | Path | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Run every measurement and return the result (see the module docstring).
+
+    Parameters
+    ----------
+    alerts
+        Alerts in the simulated night run end to end.
+    workers
+        Worker processes of the end-to-end run (1: in-process FnApiRunner).
+    stage_alerts
+        Alerts of the night used for the per-stage rates.
+    baseline_alerts
+        Alert files of the night run through the baseline.
+    cache_dir
+        Where simulated nights and the benchmark model are kept between runs.
+    real_dir
+        Real alerts for the per-stage rates (skipped when absent or None).
+    sizes
+        Extra night sizes run end to end for the scaling table.
+    seed
+        Simulation and weight seed.
+    repeat
+        Passes per stage measurement (best kept).
+    seconds
+        Minimum time per machine and inference measurement.
+    profile
+        Also profile an in-process run of the night with cProfile and write the report here.
+    log
+        Progress printer (``print``; a no-op to stay quiet).
+
+    Returns
+    -------
+    dict
+        Headline keys (``baseline_alerts_per_s``, ``pipeline_alerts_per_s``, ``ratio``,
+        ``peak_rss_mb``, ``inference_gflops``, ``machine_gflops``, ``model_flops_per_alert``,
+        ``inference_efficiency``), the per-stage ``stages`` table and the details.
+    """
+    from bench import baseline, end_to_end, stages
+    from bench.decode_bench import load
+
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
+    result: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "load_average_start": load_start[0],
+        "alerts": alerts,
+        "workers": workers,
+        "seed": seed,
+    }
+
+    log(f"simulating {alerts} alerts (cached in {cache}) ...")
+    night = end_to_end.simulate_night(alerts, cache, seed)
+    files = end_to_end.alert_files(night)
+    subset = [p.read_bytes() for p in files[: min(stage_alerts, len(files))]]
+
+    log("exporting the benchmark model (random weights, kernel 5, crop 21, 23 features) ...")
+    from transforms.alerts import decode_alerts
+
+    fit_alerts = [a for c in subset[:256] for a in decode_alerts(c, "bench")[0]]
+    model_dir = stages.build_bench_model(fit_alerts, cache / f"model-s{seed}", seed)
+
+    log("machine fp32 matmul ...")
+    machine = stages.machine_gflops(seconds=seconds)
+    machine_gflops = max(machine.values())
+    result["machine"] = machine
+
+    log(f"stages on {len(subset)} simulated alerts ...")
+    sim = stages.measure_stages(subset, model_dir, machine_gflops, repeat, seconds)
+    result["stages_simulated"] = sim
+    if real_dir is not None and Path(real_dir).is_dir():
+        real = load(str(real_dir))
+        if real:
+            log(f"stages on the real alerts in {real_dir} ...")
+            result["stages_real"] = stages.measure_stages(
+                real, model_dir, machine_gflops, repeat, seconds, inference=False
+            )
+
+    picked = sorted(random.Random(seed).sample(files, min(baseline_alerts, len(files))))
+    log(f"baseline on {len(picked)} alert files ...")
+    base = baseline.baseline_rate(picked, model_dir)
+    result["baseline"] = base
+
+    runs = []
+    for n in sorted({*sizes, alerts}):
+        n_night = night if n == alerts else end_to_end.simulate_night(n, cache, seed)
+        log(f"stampflow run on {n} alerts, {workers} worker(s) ...")
+        out = Path(tempfile.mkdtemp(prefix="run-", dir=cache))
+        try:
+            runs.append(end_to_end.run_pipeline(n_night, model_dir, out, workers))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    result["scaling"] = runs
+    e2e = next(r for r in runs if r["alerts"] == alerts)
+    result["end_to_end"] = e2e
+
+    if profile:
+        log("profiling an in-process run ...")
+        out = Path(tempfile.mkdtemp(prefix="profile-", dir=cache))
+        try:
+            Path(profile).write_text(end_to_end.profile_run(night, model_dir, out))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+    flops = stages.model_flops_per_alert(stages.PRODUCTION)
+    b64 = sim["inference"][64]
+    result.update(
+        baseline_alerts_per_s=base["alerts_per_s"],
+        pipeline_alerts_per_s=e2e["alerts_per_s"],
+        ratio=e2e["alerts_per_s"] / base["alerts_per_s"] if base["alerts_per_s"] else 0.0,
+        peak_rss_mb=e2e["peak_rss_mb"],
+        inference_gflops=b64["gflops"],
+        machine_gflops=machine_gflops,
+        inference_efficiency=b64["efficiency"],
+        model_flops_per_alert=flops,
+        model_macs=stages.model_macs(stages.PRODUCTION),
+        stages=stage_table(result),
+        load_average_end=os.getloadavg()[0],
+    )
+    return result
+
+
+def stage_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-stage table: ``{"stage", "stampflow", "baseline", "baseline_name", "ratio"}`` rows
+    (alerts/s; ``baseline`` None where the stage has no peer counterpart)."""
+    sim = result["stages_simulated"]
+    dec = sim["decoding"]
+    rows = [
+        ("container decoding", dec["containers_ours"], dec["containers_fastavro"], "fastavro"),
+        ("stamp decoding (3 cutouts)", dec["stamps_ours"], dec["stamps_astropy"], "astropy"),
+        (
+            "featurisation",
+            sim["featurize"],
+            sim["featurize_per_alert"],
+            "per alert (1 SkyCoord each)",
+        ),
+        ("transform (tf.Transform graph)", sim["transform"], None, ""),
+    ]
+    for b, r in sim["inference"].items():
+        rows.append((f"inference, batch {b}", r["alerts_per_s"], None, ""))
+    e2e, base = result["end_to_end"], result["baseline"]
+    rows.append(
+        ("end to end", e2e["alerts_per_s"], base["alerts_per_s"], "one alert at a time, 1 process")
+    )
+    return [
+        {
+            "stage": s,
+            "stampflow": ours,
+            "baseline": theirs,
+            "baseline_name": name,
+            "ratio": ours / theirs if theirs else None,
+        }
+        for s, ours, theirs, name in rows
+    ]
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    """Markdown tables of a :func:`run_bench` result (stages, inference, end to end, scaling)."""
+    e2e, base = result["end_to_end"], result["baseline"]
+    loaded = max(result["load_average_start"], result["load_average_end"]) > 0.5 * result["cpus"]
+    lines = [
+        f"{result['alerts']:,} simulated alerts ({e2e['classified_fraction']:.0%} first "
+        f"detections), {result['cpus']} CPUs, load average {result['load_average_start']:.1f} → "
+        f"{result['load_average_end']:.1f}" + (" (**measured under load**)" if loaded else ""),
+        "",
+        "| stage | stampflow [alerts/s] | baseline [alerts/s] | baseline | ratio |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for row in result["stages"]:
+        theirs = "—" if row["baseline"] is None else f"{row['baseline']:,.0f}"
+        ratio = "" if row["ratio"] is None else f"{row['ratio']:.1f}×"
+        lines.append(
+            f"| {row['stage']} | {row['stampflow']:,.0f} | {theirs} | {row['baseline_name']} "
+            f"| {ratio} |"
+        )
+    if "stages_real" in result:
+        real = result["stages_real"]
+        dec = real["decoding"]
+        lines += [
+            "",
+            f"Real alerts ({real['alerts']}): containers {dec['containers_ours']:,.0f} vs "
+            f"fastavro {dec['containers_fastavro']:,.0f}; stamps {dec['stamps_ours']:,.0f} vs "
+            f"astropy {dec['stamps_astropy']:,.0f}; featurisation {real['featurize']:,.0f} vs "
+            f"per alert {real['featurize_per_alert']:,.0f}; transform {real['transform']:,.0f} "
+            "alerts/s.",
+        ]
+    machine = result["machine"]
+    lines += [
+        "",
+        f"Model: {result['model_flops_per_alert'] / 1e9:.3f} GFLOP per alert (kernel 5, crop 21, "
+        f"23 features). Machine fp32 matmul: TensorFlow {machine['tensorflow']:.1f}, numpy "
+        f"{machine['numpy']:.1f} GFLOP/s (reference: the larger).",
+        "",
+        "| inference batch | alerts/s | GFLOP/s | % of machine |",
+        "|---:|---:|---:|---:|",
+    ]
+    for b, r in result["stages_simulated"]["inference"].items():
+        lines.append(
+            f"| {b} | {r['alerts_per_s']:,.0f} | {r['gflops']:.1f} | {r['efficiency']:.0%} |"
+        )
+    lines += [
+        "",
+        f"End to end: `stampflow run`, {e2e['workers']} worker(s): {e2e['alerts_per_s']:,.0f} "
+        f"alerts/s ({e2e['runtime_s']:.1f} s job time, {e2e['wall_s']:.1f} s wall with start-up), "
+        f"peak RSS {e2e['peak_rss_mb']:,.0f} MB (process tree). Baseline on {base['alerts']:,} of "
+        f"the same alerts: {base['alerts_per_s']:,.0f} alerts/s. Ratio {result['ratio']:.1f}×.",
+    ]
+    if len(result["scaling"]) > 1:
+        lines += [
+            "",
+            "| alerts | classified | job time [s] | alerts/s | peak RSS [MB] |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for r in result["scaling"]:
+            lines.append(
+                f"| {r['alerts']:,} | {r['classified']:,} | {r['runtime_s']:.1f} "
+                f"| {r['alerts_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--sizes wants N,N,..., got {text!r}") from e
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's typed flags."""
+    parser.add_argument(
+        "--alerts", type=int, default=None, help=f"night size (default {DEFAULT_ALERTS:,})"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_ALERTS:,} alerts and shorter measurements"
+    )
+    parser.add_argument("--json", type=str, default=None, help="also write every number here")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="end-to-end worker processes (default 2)"
+    )
+    parser.add_argument(
+        "--stage-alerts", type=int, default=None, help="alerts for per-stage rates (1000)"
+    )
+    parser.add_argument(
+        "--baseline-alerts", type=int, default=None, help="alerts run through the baseline (2000)"
+    )
+    parser.add_argument(
+        "--sizes", type=_sizes, default=(), help="extra night sizes for scaling, e.g. 5000,20000"
+    )
+    parser.add_argument(
+        "--cache", type=str, default=str(DEFAULT_CACHE), help="simulated nights and model cache"
+    )
+    parser.add_argument(
+        "--real", type=str, default=str(DEFAULT_REAL), help="real alerts for per-stage rates"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="simulation and weight seed")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="min time per matmul/inference pass (3, 1)"
+    )
+    parser.add_argument(
+        "--profile", type=str, default=None, help="also cProfile an in-process run, report here"
+    )
+    parser.add_argument("--verbose", action="store_true", help="show library logs")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark from parsed arguments; prints the tables. Returns the exit code."""
+    from pipeline.run_job import quiet
+
+    if not args.verbose:
+        quiet()
+    quick = args.quick
+    alerts = args.alerts or (QUICK_ALERTS if quick else DEFAULT_ALERTS)
+    started = time.perf_counter()
+    result = run_bench(
+        alerts=alerts,
+        workers=args.workers,
+        stage_alerts=args.stage_alerts or (500 if quick else 1000),
+        baseline_alerts=args.baseline_alerts or (1000 if quick else 2000),
+        cache_dir=args.cache,
+        real_dir=args.real,
+        sizes=args.sizes,
+        seed=args.seed,
+        repeat=2 if quick else 3,
+        seconds=args.seconds or (1.0 if quick else 3.0),
+        profile=args.profile,
+    )
+    result["bench_seconds"] = time.perf_counter() - started
+    print(format_markdown(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction, name: str) -> None:
+    """Add ``stampflow bench`` to the command line."""
+    parser = subparsers.add_parser(
+        name,
+        help="measure throughput per stage and end to end against the baseline",
+        description=__doc__.split("\n\n")[0],
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=main)

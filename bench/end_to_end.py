@@ -1,0 +1,218 @@
+"""End to end: ``stampflow run`` on a simulated night, timed and memory-sampled from outside.
+
+The night is simulated once per (size, seed, detections per object) and cached under the
+benchmark's cache directory. The job runs in a subprocess (``python -m pipeline.cli run``), so
+its interpreter and TensorFlow start-up, and every worker process it forks, are measured the way a
+user's run would be. Peak RSS is the largest *sum* of resident memory over the job's whole process
+tree, sampled from ``/proc`` every 0.2 s (``getrusage`` only gives the largest
+single process: the largest process's peak from ``wait4`` is reported beside it).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Simulated alerts per object (1 to this many, asteroids 1): about a quarter are first detections.
+DETECTIONS_PER_OBJECT = 4
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def simulate_night(
+    n: int, cache_dir: str | Path, seed: int = 0, detections_per_object: int = DETECTIONS_PER_OBJECT
+) -> Path:
+    """A simulated night of ``n`` alert files (one alert per file), cached.
+
+    Parameters
+    ----------
+    n
+        Alerts.
+    cache_dir
+        Parent directory of the cached nights.
+    seed
+        Simulation seed.
+    detections_per_object
+        Maximum alerts per object.
+
+    Returns
+    -------
+    pathlib.Path
+        Directory holding ``*.avro`` and ``labels.csv``.
+    """
+    from simulator import simulate
+
+    out = Path(cache_dir) / f"night-n{n}-s{seed}-d{detections_per_object}"
+    done = out / ".complete"
+    if not done.is_file():
+        simulate(
+            n, out, seed=seed, detections_per_object=detections_per_object, workers=os.cpu_count()
+        )
+        done.write_text(str(n))
+    return out
+
+
+def alert_files(night: str | Path) -> list[Path]:
+    """The night's alert files, sorted."""
+    return sorted(Path(night).glob("*.avro"))
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants [bytes] (0 once it is gone)."""
+    tree, total, todo = _children(), 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * _PAGE
+        except (OSError, IndexError, ValueError):
+            pass
+        todo += tree.get(p, [])
+    return total
+
+
+def run_pipeline(
+    night: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    workers: int = 2,
+    interval: float = 0.2,
+) -> dict[str, Any]:
+    """Run ``stampflow run`` on ``night`` in a subprocess; time it and sample its memory.
+
+    Parameters
+    ----------
+    night
+        Input directory.
+    model_dir
+        Exported model.
+    out_dir
+        Output directory of the run (recreated by the job).
+    workers
+        ``1``: FnApiRunner in one process; more: ``--direct_running_mode=multi_processing``
+        with that many worker processes.
+    interval
+        Memory sampling period [s].
+
+    Returns
+    -------
+    dict
+        The run's ``summary`` plus ``wall_s`` (process start to exit), ``alerts_per_s`` (records
+        in over the job's own ``runtime_s``: pipeline construction, run and summary, without
+        interpreter and TensorFlow start-up), ``wall_alerts_per_s``, ``classified_fraction``,
+        ``peak_rss_mb`` (process tree) and ``max_process_rss_mb``.
+
+    Raises
+    ------
+    RuntimeError
+        If the job exits non-zero (its stderr tail is included).
+    """
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--input", str(night)]
+    cmd += ["--output", str(out_dir), "--model", str(model_dir)]
+    if workers > 1:
+        cmd += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    peak = 0
+    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    t0 = time.perf_counter()
+    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err)
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, tree_rss_bytes(proc.pid))
+            stop.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    # wait4 reports the child's own rusage merged with its waited-for descendants': ru_maxrss is
+    # the largest single process of this run's tree [KiB].
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout = (logs / "stdout").read_text()
+    stderr = (logs / "stderr").read_text()
+    shutil.rmtree(logs, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"stampflow run exited {proc.returncode}: {stderr[-2000:]}")
+    largest = usage.ru_maxrss * 1024
+    summary = json.loads(Path(out_dir, "summary.json").read_text())
+    records = summary["records_in"]
+    return {
+        "alerts": records,
+        "classified": summary["classified"],
+        "classified_fraction": summary["classified"] / records if records else 0.0,
+        "workers": workers,
+        "runtime_s": summary["runtime_s"],
+        "wall_s": wall,
+        "alerts_per_s": records / summary["runtime_s"] if summary["runtime_s"] else 0.0,
+        "wall_alerts_per_s": records / wall,
+        # the sampled tree sum can miss a short peak; never report less than the largest process
+        "peak_rss_mb": max(peak, largest) / 2**20,
+        "sampled_tree_rss_mb": peak / 2**20,
+        "max_process_rss_mb": largest / 2**20,
+        "reconciled": summary["reconciled"],
+        "stdout": stdout.strip().splitlines()[:1],
+    }
+
+
+def profile_run(
+    night: str | Path, model_dir: str | Path, out_dir: str | Path, top: int = 40
+) -> str:
+    """Profile ``stampflow run`` in this process (FnApiRunner, one worker) with cProfile.
+
+    Parameters
+    ----------
+    night, model_dir, out_dir
+        As for :func:`run_pipeline`.
+    top
+        Functions listed, by cumulative and by own time.
+
+    Returns
+    -------
+    str
+        The pstats report (``cumulative`` then ``tottime``).
+    """
+    from pipeline.run_job import run
+
+    argv = ["--input", str(night), "--output", str(out_dir), "--model", str(model_dir)]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    summary = run(argv)
+    profiler.disable()
+    buf = io.StringIO()
+    buf.write(f"summary: {json.dumps(summary)}\n\n")
+    stats = pstats.Stats(profiler, stream=buf)
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
