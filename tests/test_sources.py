@@ -60,6 +60,19 @@ def test_tar_gz_members_are_streamed(tmp_path):
     assert [d for _, d in got] == list(members.values())
 
 
+def test_multi_member_gzip_archive_streams(tmp_path):
+    # Valid gzip made of one member per chunk (as archives written in parallel are).
+    import gzip
+
+    members = {f"{i}.avro": mini_container([mini_record(i)]) for i in range(6)}
+    tar = _tar_bytes(members, mode="w")
+    chunks = [tar[i : i + 5000] for i in range(0, len(tar), 5000)]
+    path = tmp_path / "ztf_public_20990102.tar.gz"
+    path.write_bytes(b"".join(gzip.compress(c) for c in chunks))
+    got = list(read_path(str(path)))
+    assert [d for _, d in got] == list(members.values())
+
+
 def test_truncated_tar_yields_members_then_error(tmp_path):
     members = {f"{i}.avro": mini_container([mini_record(i)]) for i in range(4)}
     data = _tar_bytes(members, mode="w")  # uncompressed, so truncation lands mid-member

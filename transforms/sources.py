@@ -7,10 +7,12 @@ or :class:`ReadError`; the Beam adapter turns errors into ``read`` dead letters.
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -89,10 +91,17 @@ def _read_limited(fileobj: BinaryIO, what: str) -> bytes:
 
 
 def _iter_tar(path: str, fileobj: BinaryIO) -> Iterator[tuple[str, bytes] | ReadError]:
-    # Streaming mode ("r|*"): members are read in order without seeking, so a multi-GB nightly
-    # archive on GCS is never held in memory or downloaded twice.
+    # Streaming mode ("r|"): members are read in order without seeking, so a multi-GB nightly
+    # archive on GCS is never held in memory or downloaded twice. gzip goes through GzipFile
+    # rather than tarfile's own stream decoder, which stalls on multi-member gzip files (valid
+    # gzip, e.g. archives written in parallel chunks): every read after the first member rescans.
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        if path.lower().endswith((".tar.gz", ".tgz")):
+            fileobj = gzip.GzipFile(fileobj=fileobj, mode="rb")
+            mode = "r|"
+        else:
+            mode = "r|*"
+        with tarfile.open(fileobj=fileobj, mode=mode) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -102,7 +111,7 @@ def _iter_tar(path: str, fileobj: BinaryIO) -> Iterator[tuple[str, bytes] | Read
                     continue
                 extracted = tar.extractfile(member)
                 yield (source, extracted.read() if extracted else b"")
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
         yield ReadError(path, f"bad_archive: {type(e).__name__}: {e}")
 
 
