@@ -26,7 +26,7 @@ from transforms.schema import CLASS_NAMES, RAW_FEATURES_KEY, RAW_STAMPS_KEY, SER
 METADATA_FILE = "stampflow_model.json"
 #: Batch bounds for ``BatchElements`` in front of the model: large enough to amortise the
 #: TensorFlow call, small enough to keep a worker's memory flat (a raw example is ~48 kB).
-MIN_BATCH, MAX_BATCH = 16, 256
+MIN_BATCH, MAX_BATCH = 64, 256
 
 
 def read_metadata(model_dir: str) -> dict[str, Any]:

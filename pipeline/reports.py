@@ -90,31 +90,24 @@ def write_csv(rows: Sequence[Mapping[str, Any]], fileobj: io.TextIOBase) -> None
         writer.writerow(row)
 
 
-def stamp_png(image: np.ndarray, size: int = 120) -> str:
-    """A stamp as a PNG data URI, with a robust (1–99.5 percentile) grey scale; NaN shown red."""
-    import matplotlib
+def stamp_png(image: np.ndarray, size: int = 126) -> str:
+    """A stamp as a PNG data URI: grey scale clipped at the 1st and 99.5th percentiles, NaN red.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn with Pillow directly (matplotlib took ~80 ms a stamp, most of a run's report time);
+    row 0 is at the bottom, as astronomers display FITS images.
+    """
+    from PIL import Image
 
     img = np.asarray(image, dtype=np.float64)
-    finite = img[np.isfinite(img)]
-    lo, hi = np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0)
-    cmap = plt.get_cmap("gray").with_extremes(bad="red")
-    fig = plt.figure(figsize=(size / 100, size / 100), dpi=100)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(
-        np.ma.masked_invalid(img),
-        cmap=cmap,
-        vmin=lo,
-        vmax=hi if hi > lo else lo + 1,
-        origin="lower",
-        interpolation="nearest",
-    )
-    ax.axis("off")
+    finite = np.isfinite(img)
+    lo, hi = np.percentile(img[finite], [1, 99.5]) if finite.any() else (0.0, 1.0)
+    scaled = np.clip((img - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    grey = np.where(finite, scaled * 255.0, 0.0).astype(np.uint8)
+    rgb = np.stack([grey, grey, grey], axis=-1)
+    rgb[~finite] = (220, 30, 30)
+    picture = Image.fromarray(rgb[::-1].copy(), "RGB").resize((size, size), Image.NEAREST)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    picture.save(buf, format="PNG", optimize=False)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

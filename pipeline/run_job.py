@@ -56,9 +56,11 @@ from transforms.schema import (
     STAGE_DECODE,
     STAGE_INFERENCE,
     STAGE_READ,
+    STAMP_KINDS,
     STAMP_SIZE_POLICIES,
 )
 from transforms.selection import SELECT_MODES, SKIPPED, SelectFirstDetections
+from transforms.sources import reread
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "model" / "default")
 #: Candidate fields the rules and the SN report need beside the output row.
@@ -78,7 +80,8 @@ def alert_meta(alert: Alert) -> dict[str, Any]:
         "fid": c["fid"],
         "magpsf": c.get("magpsf"),
         "source": alert.source,
-        "raw": alert.raw,
+        "raw": alert.raw,  # empty for slim alerts: dead letters re-read the source
+        "cutouts": {k: alert.cutout_bytes(k) for k in STAMP_KINDS},  # for the SN page
     }
     meta.update({f: c.get(f) for f in _EXTRA_FIELDS})
     return meta
@@ -138,7 +141,7 @@ def _failed_batch_letters(failed: tuple[Sequence[Any], Exception]) -> Iterator[d
             STAGE_INFERENCE,
             f"model: {type(error).__name__}: {error}",
             meta["source"],
-            meta["raw"],
+            meta["raw"] or reread(meta["source"], meta["candid"]),
             meta["objectId"],
             meta["candid"],
         )
@@ -187,7 +190,7 @@ def to_row(
         predicted_class=predicted, rule=rule, model_name=model_name, model_version=model_version
     )
     row.update({f: meta.get(f) for f in _EXTRA_FIELDS})
-    row["raw"] = meta["raw"]
+    row["cutouts"] = meta["cutouts"]
     return row
 
 
@@ -374,14 +377,12 @@ def build(
 def write_sn_candidates(top: list[dict[str, Any]], output: str, model: str) -> int:
     """Write ``sn_candidates.csv`` and ``sn_candidates.html`` for the top SN rows."""
     from pipeline.reports import candidate_rows, render_html, write_csv
-    from transforms.alerts import iter_alerts
-    from transforms.cutouts import alert_images
+    from transforms.stamps import decode_stamps
 
     rows = candidate_rows(top)
     for row in rows:
         try:
-            (alert,) = list(iter_alerts(row["raw"], "sn"))
-            row["stamps"] = alert_images(alert)
+            row["stamps"] = decode_stamps(row["cutouts"])
         except Exception:  # a picture is optional; the row itself is still written
             row["stamps"] = {}
     text = io.StringIO()

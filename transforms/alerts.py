@@ -109,6 +109,24 @@ class Alert:
         """``schemavsn`` of the packet (``"1.8"`` for the early packets that lack the field)."""
         return self.record.get("schemavsn") or "1.8"
 
+    def slim(self) -> Alert:
+        """This alert without its history (``prv_candidates``, ``fp_hists``) and raw bytes.
+
+        What the classification stages need after first-detection selection, at a fifth of the
+        memory: batch runs hold the selected alerts of a whole night in a ``GroupByKey``. Dead
+        letters of a slim alert re-read its bytes from ``source`` (:meth:`raw_bytes`).
+        """
+        record = {k: v for k, v in self.record.items() if k not in _HISTORY_FIELDS}
+        return Alert(record=record, source=self.source, raw=b"")
+
+    def raw_bytes(self) -> bytes:
+        """The raw container: kept bytes, or re-read from ``source`` for a slim alert."""
+        if self.raw:
+            return self.raw
+        from transforms.sources import reread
+
+        return reread(self.source, self.candid)
+
     def cutout_bytes(self, kind: str) -> bytes | None:
         """The compressed stamp of one kind (``science``, ``template``, ``difference``), or None."""
         cutout = self.record.get(CUTOUT_FIELDS[kind])
@@ -125,6 +143,9 @@ class _Writer:
     header_meta: bytes  # encoded metadata map, reused to build single-record containers
     missing: tuple[str, ...]  # required ZTF fields absent from the schema (non-empty: not ZTF)
 
+
+#: Record fields only first-detection selection reads; dropped by :meth:`Alert.slim`.
+_HISTORY_FIELDS = frozenset({"prv_candidates", "fp_hists"})
 
 _WRITERS: dict[bytes, _Writer] = {}
 #: Bound on distinct writer schemas kept per process (ZTF has had ~7 in eight years).

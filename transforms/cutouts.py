@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.alerts import Alert
-from transforms.dead_letters import dead_letter
+from transforms.dead_letters import alert_dead_letter
 from transforms.schema import METRICS_NAMESPACE, STAGE_STAMPS, STAMP_KINDS
 from transforms.stamps import StampError, decode_stamps
 
@@ -55,10 +55,7 @@ class DecodeCutouts(beam.DoFn):
         except StampError as e:
             self.dead.inc()
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTERS,
-                dead_letter(
-                    STAGE_STAMPS, str(e), alert.source, alert.raw, alert.object_id, alert.candid
-                ),
+                DEAD_LETTERS, alert_dead_letter(alert, STAGE_STAMPS, str(e))
             )
             return
         self.ok.inc()

@@ -54,6 +54,21 @@ def dead_letter(
     }
 
 
+def alert_dead_letter(alert: Any, stage: str, reason: str) -> dict[str, Any]:
+    """The dead letter of a decoded alert that failed at ``stage`` (ids and raw container kept).
+
+    Parameters
+    ----------
+    alert
+        A :class:`transforms.alerts.Alert` (a slim one re-reads its bytes from its source).
+    stage, reason
+        As in :func:`dead_letter`.
+    """
+    return dead_letter(
+        stage, reason, alert.source, alert.raw_bytes(), alert.object_id, alert.candid
+    )
+
+
 def reason_code(record: dict[str, Any]) -> str:
     """The short code of a dead letter's reason (the text before the first colon)."""
     return record["reason"].split(":", 1)[0]

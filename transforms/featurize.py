@@ -26,7 +26,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from transforms.alerts import Alert
-from transforms.dead_letters import dead_letter
+from transforms.dead_letters import alert_dead_letter
 from transforms.features import (
     extract_features,
     sky_coordinates,
@@ -78,11 +78,6 @@ class FeaturizeResult:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     padded: int = 0
     null_counts: dict[str, int] = field(default_factory=dict)
-
-
-def alert_dead_letter(alert: Alert, stage: str, reason: str) -> dict[str, Any]:
-    """The dead letter of an alert that failed at ``stage`` (ids and raw container kept)."""
-    return dead_letter(stage, reason, alert.source, alert.raw, alert.object_id, alert.candid)
 
 
 def featurize_alerts(

@@ -34,7 +34,8 @@ class _HistoryFilter(beam.DoFn):
     def process(self, alert: Alert) -> Iterator[Any]:
         reason = history_skip_reason(alert.candidate, alert.prv_candidates)
         if reason is None:
-            yield alert
+            # The GroupByKey below holds every kept alert of the night: shuffle it slim.
+            yield alert.slim()
         else:
             self.skipped.inc()
             yield beam.pvalue.TaggedOutput(SKIPPED, (reason, alert.candid))

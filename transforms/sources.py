@@ -169,3 +169,38 @@ def read_path(path: str) -> Iterator[tuple[str, bytes] | ReadError]:
         yield from _iter_zip(path, data)
     else:
         yield (path, data)
+
+
+def reread(source: str, candid: int | None = None) -> bytes:
+    """Best-effort raw bytes of one alert, for dead letters of alerts whose bytes were dropped.
+
+    Parameters
+    ----------
+    source
+        A path or ``archive!member`` as recorded on the alert.
+    candid
+        The alert's id, to cut its single-record container out of a multi-record file.
+
+    Returns
+    -------
+    bytes
+        The file or member bytes (for multi-record files, the alert's own single-record
+        container when ``candid`` is given); empty when the source cannot be read any more
+        (e.g. a Pub/Sub message id).
+    """
+    from transforms.alerts import decode_alerts
+
+    path, sep, _ = source.partition("!")
+    try:
+        for item in read_path(path):
+            if isinstance(item, ReadError) or (sep and item[0] != source):
+                continue
+            data = item[1]
+            if candid is not None:
+                alerts, _ = decode_alerts(data, source)
+                if len(alerts) > 1:
+                    return next((a.raw for a in alerts if a.candid == candid), data)
+            return data
+    except Exception:  # a dead letter must still be written without its bytes
+        return b""
+    return b""
