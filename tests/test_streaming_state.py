@@ -9,7 +9,7 @@ import time
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 
@@ -52,7 +52,7 @@ def _at(alert: Alert) -> TimestampedValue:
     return TimestampedValue(alert, jd_to_unix(alert.jd))
 
 
-def _sync_clock(stream: TestStream) -> TestStream:
+def _sync_clock(stream: BeamTestStream) -> BeamTestStream:
     # TestStream's processing-time clock starts at 0; the stages set real-time timers from the
     # wall clock, so bring the test clock to now first (timers then fire on later advances).
     return stream.advance_processing_time(int(time.time()))
@@ -66,7 +66,7 @@ def test_jd_to_unix():
 def test_duplicates_dropped():
     a, b = _alert("ZTF1", 1, 0), _alert("ZTF2", 2, 1)
     stream = (
-        _sync_clock(TestStream())
+        _sync_clock(BeamTestStream())
         .advance_watermark_to(T0 - 60)
         .add_elements([_at(a), _at(a), _at(b)])
         .add_elements([_at(a)])  # a redelivery in a later bundle
@@ -93,7 +93,7 @@ def test_object_classified_once_and_out_of_order_first_detection():
     after_release = _alert("ZTF1", 10, -1)
     other = _alert("ZTF2", 21, 2)
     stream = (
-        _sync_clock(TestStream())
+        _sync_clock(BeamTestStream())
         .advance_watermark_to(T0 - 120)
         .add_elements([_at(late_first)])
         .add_elements([_at(other), _at(middle)])
@@ -126,7 +126,7 @@ def test_object_classified_once_and_out_of_order_first_detection():
 
 def test_select_all_passes_every_alert():
     alerts = [_alert("ZTF1", 1, 0), _alert("ZTF1", 2, 1)]
-    stream = TestStream().add_elements([_at(a) for a in alerts]).advance_watermark_to_infinity()
+    stream = BeamTestStream().add_elements([_at(a) for a in alerts]).advance_watermark_to_infinity()
     with _pipeline() as p:
         out = p | stream | SelectFirstDetectionsStreaming("all")
         assert_that(out["alerts"] | beam.Map(lambda x: x.candid), equal_to([1, 2]))
@@ -150,7 +150,7 @@ def test_windowed_density_early_on_time_and_late(nside):
     w1 = IntervalWindow(T0 + window_s, T0 + 2 * window_s)
     # The trigger's timers run on the TestStream clock itself: no wall-clock sync here.
     stream = (
-        TestStream()
+        BeamTestStream()
         .advance_watermark_to(T0)
         .add_elements([TimestampedValue(_row(1, "SN", 0.8), T0 + 60)])
         .advance_processing_time(10)  # early pane of w0: 1 SN
