@@ -5,19 +5,8 @@
 #   ./run_local.sh PATH...         your own alert files / directories / archives instead
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-stamp=.venv/.stampflow-installed
-if [ ! -f "$stamp" ] || ! cmp -s setup.py "$stamp"; then
-  echo "Installing stampflow and its pinned stack into .venv (first time: a few minutes)..."
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test]"
-  cp setup.py "$stamp"
-fi
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# shellcheck source=scripts/ensure_venv.sh
+source scripts/ensure_venv.sh
 if [ "$#" -gt 0 ]; then
   inputs=("$@")
 else

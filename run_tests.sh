@@ -4,19 +4,8 @@
 #   ./run_tests.sh -k stamps    extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-# Reinstall only when setup.py changed since the last install (the stack is ~3 GB).
-stamp=.venv/.stampflow-installed
-if [ ! -f "$stamp" ] || ! cmp -s setup.py "$stamp"; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test]"
-  cp setup.py "$stamp"
-fi
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# shellcheck source=scripts/ensure_venv.sh
+source scripts/ensure_venv.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 set +e

@@ -42,7 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from model.handler import StampClassifierHandler, read_metadata
 from transforms.alerts import Alert
 from transforms.dead_letters import dead_letter, reason_code, to_json_line
-from transforms.density import density_rows, healpix_pixels, night_of, plot_sky_map
+from transforms.density import density_rows, healpix_pixels, night_of, plot_sky_map, sum_pairs
 from transforms.featurize import featurize_alerts
 from transforms.ingest import ALERTS, DEAD_LETTERS, ReadAlerts
 from transforms.rules import apply_rules
@@ -247,14 +247,6 @@ def _density_keyed(rows: Sequence[dict[str, Any]], nside: int) -> Iterator[Any]:
         yield (night_of(row["jd"]), int(pixel), cls), (1, row[f"p_{cls}"])
 
 
-def _sum_pairs(pairs) -> tuple[int, float]:
-    count, total = 0, 0.0
-    for c, t in pairs:
-        count += c
-        total += t
-    return count, total
-
-
 def _summary_keys_rows(row: dict[str, Any]) -> list[str]:
     keys = ["classified", f"class={row['predicted_class']}"]
     if row["rule"]:
@@ -317,7 +309,7 @@ def build(
         rows
         | "BatchForPixels" >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
         | "Pixels" >> beam.FlatMap(_density_keyed, nside=nside)
-        | "SumPerPixel" >> beam.CombinePerKey(_sum_pairs)
+        | "SumPerPixel" >> beam.CombinePerKey(sum_pairs)
         | "DensityRow" >> beam.MapTuple(lambda key, cs: density_rows([(key, cs)], nside)[0])
     )
     _ = density | "WriteSkyDensity" >> beam.io.WriteToParquet(

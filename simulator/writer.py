@@ -25,6 +25,8 @@ import fastavro
 import numpy as np
 from fastavro.schema import load_schema_ordered
 
+from transforms.alerts import encode_long
+
 FITS_BLOCK = 2880
 TAR_BLOCK = 512
 #: gzip level for cutouts: level 1 gives 13.1 kB stamps vs 13.0 kB at level 6, 25% faster.
@@ -101,17 +103,6 @@ def encode_stamp(image: np.ndarray, level: int = STAMP_GZIP_LEVEL) -> bytes:
     return comp.compress(fits_bytes(image)) + comp.flush()
 
 
-def _zigzag_varint(n: int) -> bytes:
-    """Avro ``long`` encoding (zig-zag then base-128 varint)."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z & ~0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 class AlertEncoder:
     """Turn alert dicts into single-record Avro container files.
 
@@ -140,9 +131,7 @@ class AlertEncoder:
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, self.schema, alert)
         datum = buf.getvalue()
-        return b"".join(
-            (self.header, _zigzag_varint(1), _zigzag_varint(len(datum)), datum, SYNC_MARKER)
-        )
+        return b"".join((self.header, encode_long(1), encode_long(len(datum)), datum, SYNC_MARKER))
 
 
 def tar_member(name: str, payload: bytes, mtime: int) -> bytes:

@@ -191,7 +191,8 @@ class _Reader:
         return chunk
 
 
-def _encode_long(n: int) -> bytes:
+def encode_long(n: int) -> bytes:
+    """Avro ``long`` encoding: zig-zag, then base-128 varint."""
     z = (n << 1) ^ (n >> 63)
     out = bytearray()
     while z & ~0x7F:
@@ -309,7 +310,7 @@ def single_record_container(meta_bytes: bytes, datum: bytes) -> bytes:
     """
     sync = b"stampflow-sync16"  # any 16 bytes: markers only need to agree within one file
     return b"".join(
-        (AVRO_MAGIC, meta_bytes, sync, _encode_long(1), _encode_long(len(datum)), datum, sync)
+        (AVRO_MAGIC, meta_bytes, sync, encode_long(1), encode_long(len(datum)), datum, sync)
     )
 
 
@@ -384,11 +385,11 @@ def iter_alerts(data: bytes, source: str) -> Iterator[Alert]:
 
 def _null_codec_meta(meta: Mapping[str, bytes]) -> bytes:
     items = {**meta, "avro.codec": b"null"}
-    out = [_encode_long(len(items))]
+    out = [encode_long(len(items))]
     for k, v in items.items():
         kb = k.encode()
-        out += [_encode_long(len(kb)), kb, _encode_long(len(v)), v]
-    out.append(_encode_long(0))
+        out += [encode_long(len(kb)), kb, encode_long(len(v)), v]
+    out.append(encode_long(0))
     return b"".join(out)
 
 

@@ -51,6 +51,15 @@ def density_key(row: Mapping[str, Any], pixel: int) -> tuple[str, int, str]:
     return night_of(row["jd"]), int(pixel), row["predicted_class"]
 
 
+def sum_pairs(pairs: Iterable[tuple[int, float]]) -> tuple[int, float]:
+    """Combine ``(count, sum of p)`` pairs (the CombineFn of every sky-density aggregation)."""
+    count, total = 0, 0.0
+    for c, t in pairs:
+        count += c
+        total += t
+    return count, total
+
+
 def density_rows(
     sums: Iterable[tuple[tuple[str, int, str], tuple[int, float]]], nside: int
 ) -> list[dict[str, Any]]:

@@ -61,7 +61,7 @@ from apache_beam.transforms.userstate import (
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.alerts import Alert
-from transforms.density import healpix_pixels
+from transforms.density import healpix_pixels, sum_pairs
 from transforms.rules import earliest_key, history_skip_reason
 from transforms.schema import (
     METRICS_NAMESPACE,
@@ -325,14 +325,6 @@ def _density_key(row: dict[str, Any], nside: int) -> tuple[tuple[int, str], tupl
     return (int(pixel), cls), (1, float(row[f"p_{cls}"]))
 
 
-def _sum_pairs(pairs) -> tuple[int, float]:
-    count, total = 0, 0.0
-    for c, t in pairs:
-        count += c
-        total += t
-    return count, total
-
-
 def _iso(ts: Timestamp) -> str:
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -407,6 +399,6 @@ class SkyDensityWindows(beam.PTransform):
                 allowed_lateness=Duration(seconds=self.lateness_s),
             )
             | "Pixels" >> beam.Map(_density_key, nside=self.nside)
-            | "SumPerPixel" >> beam.CombinePerKey(_sum_pairs)
+            | "SumPerPixel" >> beam.CombinePerKey(sum_pairs)
             | "DensityRow" >> beam.ParDo(_DensityRow(self.nside))
         )
