@@ -414,7 +414,18 @@ def streaming_options(args: argparse.Namespace, beam_args: list[str]) -> Pipelin
     return options
 
 
+#: Local runners that cannot run WatchFilePattern (a splittable DoFn behind a side input).
+_NO_WATCH_RUNNERS = frozenset({"FnApiRunner", "BundleBasedDirectRunner", "DirectRunner"})
+
+
 def _check(args: argparse.Namespace) -> None:
+    if args.model_watch and args.runner in _NO_WATCH_RUNNERS:
+        # Beam's Python direct runners cannot expand WatchFilePattern's Watch/PeriodicImpulse
+        # (splittable DoFns), and their side inputs ignore the discarding trigger it relies on.
+        raise SystemExit(
+            "stampflow run --streaming: --model-watch needs a runner with splittable DoFns and "
+            "slowly-updating side inputs (DataflowRunner); the local direct runners have neither"
+        )
     if not args.input_subscription:
         raise SystemExit("stampflow run --streaming: --input-subscription is required")
     if not (args.output_topic or args.bigquery_dataset):

@@ -250,3 +250,17 @@ def test_stream_equals_batch_with_dead_letters_and_latency(
     # Every first detection is held at least HOLD_S after it arrived (the documented cost); the
     # rest is the local runner (10-message pulls, bundle flushes, the first model load).
     assert min(latencies) >= HOLD_S
+
+
+def test_model_watch_refuses_local_runners():
+    # WatchFilePattern cannot run on Beam's Python direct runners: say so before starting.
+    from pipeline.streaming import _check
+
+    args, _ = _args(
+        ["--streaming", "--input-subscription", "projects/p/subscriptions/s",
+         "--output-topic", "projects/p/topics/t", "--model-watch", "m/*/stampflow_model.json"]
+    )  # fmt: skip
+    with pytest.raises(SystemExit, match="DataflowRunner"):
+        _check(args)
+    args.runner = "DataflowRunner"
+    _check(args)  # accepted
