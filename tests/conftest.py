@@ -153,3 +153,36 @@ def real() -> list[tuple[str, bytes]]:
     if not REAL.is_dir():
         pytest.skip(f"real ZTF alerts not found at {REAL} (set STAMPFLOW_DATA)")
     return real_containers()
+
+
+def decoded_alerts(directory) -> list:
+    """Every alert under ``directory`` (files and archive members), decoded."""
+    from transforms.alerts import decode_alerts
+    from transforms.sources import expand_pattern, read_path
+
+    out = []
+    for path in expand_pattern(str(directory)):
+        for item in read_path(path):
+            if isinstance(item, tuple):
+                out += decode_alerts(item[1], item[0])[0]
+    return out
+
+
+def export_random_model(night, out: Path, version: str = "0.0.1") -> Path:
+    """A small exported model: random weights (kernel 3, for speed), the production features, and
+    the tf.Transform graph fitted with Beam on ``night`` itself."""
+    from model.export import export_model, fit_transform
+    from model.network import NetworkConfig, build_network
+    from transforms.featurize import featurize_alerts
+    from transforms.schema import FEATURES_PRODUCTION
+
+    result = featurize_alerts(decoded_alerts(night), FEATURES_PRODUCTION, "pad")
+    feats = np.stack([e["features"] for _, e in result.examples])
+    stamps = np.stack([e["stamps"] for _, e in result.examples])
+    transform = fit_transform(feats, stamps, FEATURES_PRODUCTION, str(out / "tft"), 21)
+    cfg = NetworkConfig(kernel_size=3)
+    model = out / "model"
+    export_model(
+        build_network(cfg), transform, str(model), cfg, FEATURES_PRODUCTION, "test-model", version
+    )
+    return model

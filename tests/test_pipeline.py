@@ -11,23 +11,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from model.export import export_model, fit_transform
-from model.network import NetworkConfig, build_network
 from pipeline.run_job import run
-from tests.conftest import BAD, needs_bad
-from transforms.alerts import decode_alerts
+from tests.conftest import BAD, decoded_alerts, export_random_model, needs_bad
 from transforms.featurize import featurize_alerts
 from transforms.rules import history_skip_reason
 from transforms.schema import FEATURES_PRODUCTION, PROBABILITY_COLUMN_NAMES
-from transforms.sources import expand_pattern, read_path
 
-
-def _alerts(directory):
-    out = []
-    for path in expand_pattern(str(directory)):
-        for source, data in read_path(path):
-            out += decode_alerts(data, source)[0]
-    return out
+_alerts = decoded_alerts
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +31,7 @@ def night(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(night, tmp_path_factory):
-    # Random weights (k = 3 for speed); the transform is fitted with Beam on the night itself.
-    alerts = _alerts(night)
-    result = featurize_alerts(alerts, FEATURES_PRODUCTION, "pad")
-    feats = np.stack([e["features"] for _, e in result.examples])
-    stamps = np.stack([e["stamps"] for _, e in result.examples])
-    work = tmp_path_factory.mktemp("model")
-    transform = fit_transform(feats, stamps, FEATURES_PRODUCTION, str(work / "tft"), 21)
-    cfg = NetworkConfig(kernel_size=3)
-    net = build_network(cfg)
-    out = work / "model"
-    export_model(net, transform, str(out), cfg, FEATURES_PRODUCTION, "test-model", "0.0.1")
-    return out
+    return export_random_model(night, tmp_path_factory.mktemp("model"), "0.0.1")
 
 
 @pytest.fixture(scope="module")

@@ -17,17 +17,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from model.export import export_model, fit_transform
 from model.handler import METADATA_FILE
-from model.network import NetworkConfig, build_network
 from pipeline.publish import containers, publish
 from pipeline.run_job import add_arguments, run
-from tests.conftest import BAD, REAL
+from tests.conftest import BAD, REAL, decoded_alerts, export_random_model
 from tests.pubsub_emulator import PubSubEmulator, missing_requirements
 from transforms.alerts import decode_alerts
 from transforms.featurize import featurize_alerts
 from transforms.schema import FEATURES_PRODUCTION, PROBABILITY_COLUMN_NAMES, STAGE_READ
-from transforms.sources import expand_pattern, read_path
 
 PROJECT = "stampflow-test"
 HOLD_S = 4.0
@@ -35,13 +32,7 @@ RATE = 50.0  # messages/s: every object's alerts are published well within the h
 RECEIVE_TIMEOUT_S = 120.0
 
 
-def _alerts(directory):
-    out = []
-    for path in expand_pattern(str(directory)):
-        for item in read_path(path):
-            if isinstance(item, tuple):
-                out += decode_alerts(item[1], item[0])[0]
-    return out
+_alerts = decoded_alerts
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +46,7 @@ def night(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(night, tmp_path_factory):
-    # As tests/test_pipeline.py: random weights, the transform fitted on the night itself.
-    result = featurize_alerts(_alerts(night), FEATURES_PRODUCTION, "pad")
-    feats = np.stack([e["features"] for _, e in result.examples])
-    stamps = np.stack([e["stamps"] for _, e in result.examples])
-    work = tmp_path_factory.mktemp("stream_model")
-    transform = fit_transform(feats, stamps, FEATURES_PRODUCTION, str(work / "tft"), 21)
-    cfg = NetworkConfig(kernel_size=3)
-    out = work / "v1"
-    export_model(
-        build_network(cfg), transform, str(out), cfg, FEATURES_PRODUCTION, "test-model", "1.0.0"
-    )
-    return out
+    return export_random_model(night, tmp_path_factory.mktemp("model"), "1.0.0")
 
 
 def test_versioned_handler_names_the_model_that_ran(model_dir, night, tmp_path):
