@@ -110,7 +110,7 @@ def fits_stamp(image: np.ndarray) -> bytes:
 
     buf = io.BytesIO()
     fits.PrimaryHDU(image.astype(">f4")).writeto(buf)
-    return gzip.compress(buf.getvalue())
+    return gzip.compress(buf.getvalue(), mtime=0)
 
 
 def mini_record(i: int, stamp: bytes | None = None) -> dict:
