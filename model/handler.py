@@ -54,7 +54,8 @@ def write_metadata(model_dir: str, metadata: dict[str, Any]) -> None:
     Path(model_dir, METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=False))
 
 
-Example = tuple[np.ndarray, np.ndarray]  # (raw features [F], raw stamps [63, 63, 3])
+#: ``{"features": raw [F], "stamps": raw [63, 63, 3]}``, as :mod:`transforms.featurize` emits.
+Example = dict[str, np.ndarray]
 
 
 class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
@@ -85,8 +86,8 @@ class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
     ) -> Iterable[PredictionResult]:
         import tensorflow as tf
 
-        features = np.stack([f for f, _ in batch]).astype(np.float32, copy=False)
-        stamps = np.stack([s for _, s in batch]).astype(np.float32, copy=False)
+        features = np.stack([e[RAW_FEATURES_KEY] for e in batch]).astype(np.float32, copy=False)
+        stamps = np.stack([e[RAW_STAMPS_KEY] for e in batch]).astype(np.float32, copy=False)
         out = model.signatures["serving_default"](
             **{RAW_FEATURES_KEY: tf.constant(features), RAW_STAMPS_KEY: tf.constant(stamps)}
         )
@@ -97,7 +98,7 @@ class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
         return self._batch
 
     def get_num_bytes(self, batch: Sequence[Example]) -> int:
-        return sum(f.nbytes + s.nbytes for f, s in batch)
+        return sum(e[RAW_FEATURES_KEY].nbytes + e[RAW_STAMPS_KEY].nbytes for e in batch)
 
     def get_metrics_namespace(self) -> str:
         return "stampflow_inference"

@@ -35,7 +35,6 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -43,12 +42,11 @@ from model.handler import StampClassifierHandler, read_metadata
 from transforms.alerts import Alert
 from transforms.dead_letters import dead_letter, reason_code, to_json_line
 from transforms.density import density_rows, healpix_pixels, night_of, plot_sky_map, sum_pairs
-from transforms.featurize import featurize_alerts
+from transforms.featurize import Featurize
 from transforms.ingest import ALERTS, DEAD_LETTERS, ReadAlerts
 from transforms.rules import apply_rules
 from transforms.schema import (
     CLASS_NAMES,
-    METRICS_NAMESPACE,
     PROBABILITY_COLUMN_NAMES,
     PROBABILITY_COLUMNS,
     PROBABILITY_ROW,
@@ -85,52 +83,6 @@ def alert_meta(alert: Alert) -> dict[str, Any]:
     }
     meta.update({f: c.get(f) for f in _EXTRA_FIELDS})
     return meta
-
-
-class FeaturizeWithMeta(beam.DoFn):
-    """A batch of alerts → ``(meta, (features, stamps))`` examples; failures → dead letters.
-
-    Parameters
-    ----------
-    feature_names
-        The model's feature order.
-    stamp_policy
-        ``drop`` or ``pad`` for non-63×63 stamps.
-    """
-
-    def __init__(self, feature_names: Sequence[str], stamp_policy: str) -> None:
-        self.feature_names = tuple(feature_names)
-        self.stamp_policy = stamp_policy
-
-    def setup(self) -> None:
-        from transforms.features import sky_coordinates
-
-        sky_coordinates(np.zeros(1), np.zeros(1))  # astropy's frame graph: once per worker
-        self.dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters_featurize")
-
-    def process(self, batch: Sequence[Alert]) -> Iterator[Any]:
-        result = featurize_alerts(batch, self.feature_names, self.stamp_policy)
-        by_candid = {a.candid: a for a in batch}
-        for letter in result.dead_letters:
-            self.dead.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
-        for candid, example in result.examples:
-            yield alert_meta(by_candid[candid]), (example["features"], example["stamps"])
-
-
-class Featurize(beam.PTransform):
-    """Alerts → keyed examples (``examples``) and ``dead_letters``, in batches."""
-
-    def __init__(self, feature_names: Sequence[str], stamp_policy: str) -> None:
-        super().__init__()
-        self.fn = FeaturizeWithMeta(feature_names, stamp_policy)
-
-    def expand(self, alerts: beam.PCollection) -> Any:
-        return (
-            alerts
-            | "Batch" >> beam.BatchElements(min_batch_size=16, max_batch_size=512)
-            | "Featurize" >> beam.ParDo(self.fn).with_outputs(DEAD_LETTERS, main="examples")
-        )
 
 
 # --- Classify -------------------------------------------------------------------------------------
@@ -278,7 +230,9 @@ def build(
 
     read = p | "ReadAlerts" >> ReadAlerts(inputs)
     selected = read[ALERTS] | "SelectFirstDetections" >> SelectFirstDetections(select)
-    featurized = selected["alerts"] | "Featurize" >> Featurize(meta["features"], stamp_policy)
+    featurized = selected["alerts"] | "Featurize" >> Featurize(
+        meta["features"], stamp_policy, key=alert_meta
+    )
     classified = featurized.examples | "Classify" >> Classify(model_dir)
     rows = classified["classified"] | "ApplyRules" >> beam.Map(
         lambda item: to_row(item[0], item[1], rules, name, version)

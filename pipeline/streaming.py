@@ -58,8 +58,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from model.handler import METADATA_FILE, StampClassifierHandler, read_metadata
 from pipeline.publish import EVENT_TIME_ATTRIBUTE, SOURCE_ATTRIBUTE
-from pipeline.run_job import Featurize, _failed_batch_letters, to_row
+from pipeline.run_job import _failed_batch_letters, alert_meta, to_row
 from transforms.dead_letters import to_json_line
+from transforms.featurize import Featurize
 from transforms.ingest import ALERTS, DEAD_LETTERS, DecodeAlerts
 from transforms.schema import CLASS_NAMES, METRICS_NAMESPACE, PROBABILITY_COLUMN_NAMES
 from transforms.selection import SKIPPED
@@ -396,7 +397,9 @@ def classify_alerts(
     selected = unique["alerts"] | "SelectFirstDetections" >> SelectFirstDetectionsStreaming(
         select, hold_s, ttl_s
     )
-    featurized = selected["alerts"] | "Featurize" >> Featurize(features, stamp_policy)
+    featurized = selected["alerts"] | "Featurize" >> Featurize(
+        features, stamp_policy, key=alert_meta
+    )
     classified = featurized.examples | "Classify" >> ClassifyStreaming(model_dir, model_updates)
     rows = classified["classified"] | "ApplyRules" >> beam.ParDo(ToRow(rules, model_dir))
     density = rows | "SkyDensity" >> SkyDensityWindows(window_s, lateness_s, early_s, nside)

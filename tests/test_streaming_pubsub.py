@@ -57,7 +57,7 @@ def test_versioned_handler_names_the_model_that_ran(model_dir, night, tmp_path):
     meta = json.loads((v2 / METADATA_FILE).read_text())
     (v2 / METADATA_FILE).write_text(json.dumps(dict(meta, version="2.0.0")))
     example = featurize_alerts(_alerts(night)[:1], FEATURES_PRODUCTION, "pad").examples[0][1]
-    batch = [(example["features"], example["stamps"])]
+    batch = [example]
     handler = VersionedHandler(str(model_dir))
     old = handler.load_model()
     handler.update_model_path(str(v2))  # what RunInference does when the side input changes

@@ -17,7 +17,7 @@ The work is done by the pure :func:`featurize_alerts`; the DoFn only adapts it t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +140,7 @@ def featurize_alerts(
 class FeaturizeBatchDoFn(beam.DoFn):
     """Featurise a batch (list) of :class:`~transforms.alerts.Alert`.
 
-    Main output: ``(candid, {"features", "stamps"})``; tagged output ``dead_letters``.
+    Main output: ``(key, {"features", "stamps"})``; tagged output ``dead_letters``.
 
     Parameters
     ----------
@@ -148,16 +148,23 @@ class FeaturizeBatchDoFn(beam.DoFn):
         Feature order of the model (23 production or 26 ALeRCE).
     stamp_policy
         ``"drop"`` or ``"pad"`` for non-63x63 stamps.
+    key
+        What to key each example by, from its alert (the pipeline keys by the row metadata it
+        carries through RunInference); None keys by ``candid``.
     """
 
     def __init__(
-        self, feature_names: Sequence[str] = FEATURES_PRODUCTION, stamp_policy: str = "drop"
+        self,
+        feature_names: Sequence[str] = FEATURES_PRODUCTION,
+        stamp_policy: str = "drop",
+        key: Callable[[Alert], Any] | None = None,
     ) -> None:
         super().__init__()
         if stamp_policy not in STAMP_SIZE_POLICIES:
             raise ValueError(f"stamp size policy {stamp_policy!r} not in {STAMP_SIZE_POLICIES}")
         self._names = validate_feature_names(feature_names)
         self._policy = stamp_policy
+        self._key = key
 
     def setup(self) -> None:
         # astropy builds its frame-transform graph and loads ERFA/IERS tables on the first
@@ -188,7 +195,12 @@ class FeaturizeBatchDoFn(beam.DoFn):
         for letter in result.dead_letters:
             self._dead[letter["stage"]].inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, letter)
-        yield from result.examples
+        if self._key is None:
+            yield from result.examples
+            return
+        by_candid = {a.candid: a for a in batch}
+        for candid, example in result.examples:
+            yield self._key(by_candid[candid]), example
 
 
 class Featurize(beam.PTransform):
@@ -202,6 +214,8 @@ class Featurize(beam.PTransform):
         ``"drop"`` or ``"pad"``.
     min_batch_size, max_batch_size
         Bounds for ``beam.BatchElements`` (the coordinate transform is vectorised per batch).
+    key
+        See :class:`FeaturizeBatchDoFn`.
 
     Returns
     -------
@@ -215,9 +229,10 @@ class Featurize(beam.PTransform):
         stamp_policy: str = "drop",
         min_batch_size: int = 16,
         max_batch_size: int = 512,
+        key: Callable[[Alert], Any] | None = None,
     ) -> None:
         super().__init__()
-        self._dofn = FeaturizeBatchDoFn(feature_names, stamp_policy)
+        self._dofn = FeaturizeBatchDoFn(feature_names, stamp_policy, key)
         self._min = min_batch_size
         self._max = max_batch_size
 
