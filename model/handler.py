@@ -13,6 +13,10 @@ class order, crop, training description, metrics), readable without TensorFlow.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,10 @@ METADATA_FILE = "stampflow_model.json"
 MIN_BATCH, MAX_BATCH = 64, 256
 
 
+class ModelDirError(ValueError):
+    """A ``--model`` directory that is not an exported stampflow model."""
+
+
 def read_metadata(model_dir: str) -> dict[str, Any]:
     """Read a model directory's ``stampflow_model.json`` (any Beam filesystem).
 
@@ -41,12 +49,133 @@ def read_metadata(model_dir: str) -> dict[str, Any]:
     -------
     dict
         At least ``name``, ``version``, ``features``, ``class_names``, ``crop``.
+
+    Raises
+    ------
+    ModelDirError
+        When the directory has no readable metadata (the message says where one is, if a
+        sub-directory holds it) or its class order differs from :data:`CLASS_NAMES`.
     """
-    with FileSystems.open(FileSystems.join(model_dir, METADATA_FILE)) as f:
-        meta = json.load(f)
+    path = FileSystems.join(model_dir, METADATA_FILE)
+    try:
+        with FileSystems.open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        hint = ""
+        for sub in ("model", "export"):
+            if FileSystems.exists(FileSystems.join(model_dir, sub, METADATA_FILE)):
+                hint = f"; did you mean {FileSystems.join(model_dir, sub)}?"
+        raise ModelDirError(
+            f"{model_dir} is not an exported stampflow model (cannot read {METADATA_FILE}: "
+            f"{type(e).__name__}){hint} Export one with `stampflow train` or "
+            "`stampflow import-alerce`."
+        ) from e
     if tuple(meta.get("class_names", CLASS_NAMES)) != CLASS_NAMES:
-        raise ValueError(f"{model_dir}: class order {meta.get('class_names')} != {CLASS_NAMES}")
+        raise ModelDirError(f"{model_dir}: class order {meta.get('class_names')} != {CLASS_NAMES}")
     return meta
+
+
+def model_dirs_newest_first(pattern: str) -> list[str]:
+    """Directories of the ``stampflow_model.json`` files matching ``pattern``, newest first.
+
+    Parameters
+    ----------
+    pattern
+        Glob of model *version directories'* metadata files, e.g.
+        ``gs://B/models/*/stampflow_model.json`` (any Beam filesystem).
+
+    Returns
+    -------
+    list of str
+        By the metadata file's modification time, then path, newest first; empty when nothing
+        matches or the location cannot be listed. Export a new version into a new directory and
+        write its metadata file last: the version then appears complete.
+    """
+    try:
+        matches = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # an unreadable bucket or a glob with no match yet
+        return []
+    matches = sorted(matches, key=lambda m: (m.last_updated_in_seconds, m.path), reverse=True)
+    return [os.path.dirname(m.path) for m in matches]
+
+
+def newest_model_dir(pattern: str) -> str | None:
+    """The newest model directory matching ``pattern`` (see :func:`model_dirs_newest_first`)."""
+    return next(iter(model_dirs_newest_first(pattern)), None)
+
+
+class WatchedModel:
+    """A loaded SavedModel that swaps itself for the newest version matching a glob.
+
+    RunInference shares one loaded model per worker process between its threads; this object is
+    that model. :meth:`current` looks for a new version at most every ``interval_s`` (one thread
+    checks, the others go on with the old one), loads it, and swaps ``(model, directory)`` in one
+    assignment, so a batch always runs on one complete version and knows which. A version whose
+    feature list differs from the first one's, or that fails to load, is logged and never tried
+    again; the newest version that loads is served.
+
+    Parameters
+    ----------
+    pattern
+        As for :func:`newest_model_dir`.
+    model_dir
+        The version to serve until the glob matches something.
+    interval_s
+        Seconds between looks at the glob.
+    """
+
+    def __init__(self, pattern: str, model_dir: str, interval_s: float) -> None:
+        self.pattern, self.interval_s = pattern, interval_s
+        self.features = read_metadata(model_dir)["features"]
+        self._rejected: set[str] = set()
+        self._lock = threading.Lock()
+        self._current: tuple[Any, str] | None = None
+        self._swap()
+        if self._current is None:  # no usable version matches yet: serve --model
+            self._current = (_load(model_dir), model_dir)
+        self._next_check = time.monotonic() + interval_s
+
+    def _swap(self) -> None:
+        """Serve the newest matching version that loads, unless it is the one running."""
+        running = self._current[1] if self._current else None
+        for candidate in model_dirs_newest_first(self.pattern):
+            if candidate == running:
+                return
+            if candidate not in self._rejected:
+                loaded = self._try(candidate)
+                if loaded is not None:
+                    self._current = loaded
+                    return
+
+    def _try(self, model_dir: str) -> tuple[Any, str] | None:
+        """Load a candidate version, or log why not and never try that directory again."""
+        log = logging.getLogger(__name__)
+        try:
+            if read_metadata(model_dir)["features"] != self.features:
+                raise ModelDirError("its features differ from the running model's")
+            loaded = (_load(model_dir), model_dir)
+        except Exception as e:  # a bad or half-copied version: keep serving the old one
+            log.warning("model watch: skipping %s: %s", model_dir, e)
+            self._rejected.add(model_dir)
+            return None
+        log.info("model watch: now serving %s", model_dir)
+        return loaded
+
+    def current(self) -> tuple[Any, str]:
+        """``(loaded model, its directory)``, after swapping in a newer version if one is due."""
+        if time.monotonic() >= self._next_check and self._lock.acquire(blocking=False):
+            try:
+                self._next_check = time.monotonic() + self.interval_s
+                self._swap()
+            finally:
+                self._lock.release()
+        return self._current
+
+
+def _load(model_dir: str) -> Any:
+    import tensorflow as tf
+
+    return tf.saved_model.load(model_dir)
 
 
 def write_metadata(model_dir: str, metadata: dict[str, Any]) -> None:
@@ -77,9 +206,7 @@ class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
         self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
     def load_model(self) -> Any:
-        import tensorflow as tf
-
-        return tf.saved_model.load(self.model_dir)
+        return _load(self.model_dir)
 
     def run_inference(
         self, batch: Sequence[Example], model: Any, inference_args: dict | None = None

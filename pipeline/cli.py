@@ -96,7 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0 if args.command is None else 2
-    return int(args.func(args) or 0)
+    from model.handler import ModelDirError
+
+    try:
+        return int(args.func(args) or 0)
+    except ModelDirError as e:  # a user's wrong path, not a bug: no traceback
+        print(f"stampflow {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

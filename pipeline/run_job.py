@@ -239,6 +239,7 @@ def build(
     )
     dead = (
         read[DEAD_LETTERS],
+        selected[DEAD_LETTERS],
         featurized[DEAD_LETTERS],
         classified[DEAD_LETTERS],
     ) | "AllDeadLetters" >> beam.Flatten()

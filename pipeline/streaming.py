@@ -17,13 +17,22 @@ the hold plus the pipeline's own few hundred milliseconds.
 
 Model updates without a restart (``--model-watch GLOB``): the glob matches the
 ``stampflow_model.json`` files of model *version directories* (``models/*/stampflow_model.json``);
-:class:`apache_beam.ml.inference.utils.WatchFilePattern` emits the newest as RunInference's model
-side input, whose ``model_id`` is its directory. Write a new version into a *new* directory and its
-metadata file last. The handler records, on the loaded model object itself, the directory it was
-loaded from, and returns it as each ``PredictionResult.model_id``; the row's ``model_name`` and
-``model_version`` are read from that directory's ``stampflow_model.json``. So a row always names
-the model that computed its probabilities, even while the side input is changing. The feature list
-of a new version must equal the first one's (featurisation is built once).
+the newest (by modification time) is served. Write a new version into a *new* directory and its
+metadata file last. Two ways to follow it (``--model-watch-mode``):
+
+* ``side-input`` (default on Dataflow and other portable runners): Beam's
+  :class:`~apache_beam.ml.inference.utils.WatchFilePattern` emits the newest file as RunInference's
+  model side input; the handler records, on the loaded model itself, the directory it was loaded
+  from and returns it as each ``PredictionResult.model_id``.
+* ``poll`` (default, and the only choice, on the local direct runners, which cannot run
+  WatchFilePattern's splittable DoFns): the loaded model is a :class:`model.handler.WatchedModel`
+  that looks at the glob every ``--model-watch-interval`` seconds and swaps itself; each batch
+  runs on one version and reports its directory the same way.
+
+Either way the row's ``model_name`` and ``model_version`` are read from the ``stampflow_model.json``
+of the directory that computed it, so a row always names its model, even during a swap. The
+feature list of a new version must equal the first one's (featurisation is built once); a version
+that differs is logged and skipped.
 
     # local, against the Pub/Sub emulator (gcloud beta emulators pubsub start ...)
     export PUBSUB_EMULATOR_HOST=127.0.0.1:8085
@@ -56,7 +65,7 @@ from apache_beam.ml.inference.base import (
 )
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from model.handler import METADATA_FILE, StampClassifierHandler, read_metadata
+from model.handler import METADATA_FILE, StampClassifierHandler, WatchedModel, read_metadata
 from pipeline.publish import EVENT_TIME_ATTRIBUTE, SOURCE_ATTRIBUTE
 from pipeline.run_job import _failed_batch_letters, alert_meta, to_row
 from transforms.dead_letters import to_json_line
@@ -74,6 +83,12 @@ from transforms.streaming_state import (
 #: The runner used when ``--runner`` is left at the batch default: the Python direct runner, named
 #: so it never tries to download Prism; it runs Pub/Sub, state, timers and TestStream.
 STREAMING_RUNNER = "BundleBasedDirectRunner"
+
+
+#: ``--model-watch-mode`` choices.
+WATCH_MODES = ("auto", "side-input", "poll")
+#: Local runners that cannot run WatchFilePattern (a splittable DoFn behind a side input).
+_NO_WATCH_RUNNERS = frozenset({"FnApiRunner", "BundleBasedDirectRunner", "DirectRunner"})
 
 
 # --- Command line ---------------------------------------------------------------------------------
@@ -125,6 +140,13 @@ def add_streaming_arguments(group: Any) -> None:
         default=None,
         metavar="GLOB",
         help=f"reload new model versions: glob of their {METADATA_FILE} files",
+    )
+    group.add_argument(
+        "--model-watch-mode",
+        choices=WATCH_MODES,
+        default="auto",
+        help="follow --model-watch as RunInference's side input (WatchFilePattern) or by polling "
+        "in the model handler; auto: poll on the local runners, side input elsewhere",
     )
     group.add_argument(
         "--model-watch-interval",
@@ -181,6 +203,46 @@ class VersionedHandler(StampClassifierHandler):
         ]
 
 
+class PollingHandler(StampClassifierHandler):
+    """:class:`StampClassifierHandler` whose model follows a glob by itself (any runner).
+
+    The loaded "model" is a :class:`model.handler.WatchedModel`; every prediction's ``model_id``
+    is the directory of the version that computed it.
+
+    Parameters
+    ----------
+    model_dir
+        The version to serve until ``pattern`` matches one.
+    pattern
+        Glob of version directories' ``stampflow_model.json``.
+    interval_s
+        Seconds between looks at the glob.
+    """
+
+    def __init__(self, model_dir: str, pattern: str, interval_s: float) -> None:
+        super().__init__(model_dir)
+        self.pattern, self.interval_s = pattern, interval_s
+
+    def load_model(self) -> WatchedModel:
+        return WatchedModel(self.pattern, self.model_dir, self.interval_s)
+
+    def run_inference(self, batch, model, inference_args=None):
+        loaded, model_dir = model.current()
+        return [
+            PredictionResult(r.example, r.inference, model_dir)
+            for r in super().run_inference(batch, loaded, inference_args)
+        ]
+
+
+def watch_mode(args: argparse.Namespace) -> str | None:
+    """``"side-input"``, ``"poll"`` or None (no ``--model-watch``) for these flags."""
+    if not args.model_watch:
+        return None
+    if args.model_watch_mode != "auto":
+        return args.model_watch_mode
+    return "poll" if streaming_runner(args) in _NO_WATCH_RUNNERS else "side-input"
+
+
 def _metadata_to_model_dir(meta: ModelMetadata) -> ModelMetadata:
     model_dir = os.path.dirname(meta.model_id)
     return ModelMetadata(model_id=model_dir, model_name=os.path.basename(model_dir))
@@ -212,15 +274,28 @@ class ClassifyStreaming(beam.PTransform):
         The model to start with.
     model_updates
         Optional :class:`WatchModel` output (a side input of RunInference).
+    poll
+        Optional ``(glob, interval [s])``: follow new versions with :class:`PollingHandler`.
     """
 
-    def __init__(self, model_dir: str, model_updates: beam.PCollection | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        model_updates: beam.PCollection | None = None,
+        poll: tuple[str, float] | None = None,
+    ) -> None:
         super().__init__()
+        if model_updates is not None and poll is not None:
+            raise ValueError("follow new model versions by side input or by polling, not both")
         self.model_dir = model_dir
         self.model_updates = model_updates
+        self.poll = poll
 
     def expand(self, examples: beam.PCollection) -> dict[str, beam.PCollection]:
-        handler = KeyedModelHandler(VersionedHandler(self.model_dir))
+        if self.poll is not None:
+            handler = KeyedModelHandler(PollingHandler(self.model_dir, *self.poll))
+        else:
+            handler = KeyedModelHandler(VersionedHandler(self.model_dir))
         inference = RunInference(handler, model_metadata_pcoll=self.model_updates)
         main, other = examples | "RunInference" >> inference.with_exception_handling()
         out = main | "Probabilities" >> beam.MapTuple(
@@ -310,9 +385,12 @@ def build_streaming(p: beam.Pipeline, args: argparse.Namespace) -> dict[str, bea
         | "ToContainer" >> beam.Map(message_to_container)
         | "Decode" >> beam.ParDo(DecodeAlerts()).with_outputs(DEAD_LETTERS, main=ALERTS)
     )
-    model_updates = None
-    if args.model_watch:
+    model_updates, poll = None, None
+    mode = watch_mode(args)
+    if mode == "side-input":
         model_updates = p | "WatchModel" >> WatchModel(args.model_watch, args.model_watch_interval)
+    elif mode == "poll":
+        poll = (args.model_watch, args.model_watch_interval)
     out = classify_alerts(
         decoded[ALERTS],
         model_dir=args.model,
@@ -327,6 +405,7 @@ def build_streaming(p: beam.Pipeline, args: argparse.Namespace) -> dict[str, bea
         early_s=args.early_firing_seconds,
         nside=args.healpix_nside,
         model_updates=model_updates,
+        poll=poll,
     )
     dead = (decoded[DEAD_LETTERS], out[DEAD_LETTERS]) | "AllDeadLetters" >> beam.Flatten()
     out[DEAD_LETTERS] = dead
@@ -383,8 +462,11 @@ def classify_alerts(
     early_s: float = 5.0,
     nside: int = 64,
     model_updates: beam.PCollection | None = None,
+    poll: tuple[str, float] | None = None,
 ) -> dict[str, beam.PCollection]:
     """Decoded alerts → rows, density, skipped and dead letters (the part TestStream tests drive).
+
+    ``model_updates`` / ``poll`` follow new model versions (see :class:`ClassifyStreaming`).
 
     Returns
     -------
@@ -400,7 +482,9 @@ def classify_alerts(
     featurized = selected["alerts"] | "Featurize" >> Featurize(
         features, stamp_policy, key=alert_meta
     )
-    classified = featurized.examples | "Classify" >> ClassifyStreaming(model_dir, model_updates)
+    classified = featurized.examples | "Classify" >> ClassifyStreaming(
+        model_dir, model_updates, poll
+    )
     rows = classified["classified"] | "ApplyRules" >> beam.ParDo(ToRow(rules, model_dir))
     density = rows | "SkyDensity" >> SkyDensityWindows(window_s, lateness_s, early_s, nside)
     dead = (featurized[DEAD_LETTERS], classified[DEAD_LETTERS]) | "ClassifyDead" >> beam.Flatten()
@@ -409,25 +493,26 @@ def classify_alerts(
 
 
 # --- Running --------------------------------------------------------------------------------------
+def streaming_runner(args: argparse.Namespace) -> str:
+    """The runner a streaming run uses (batch's default FnApiRunner becomes the direct runner)."""
+    return STREAMING_RUNNER if args.runner == "FnApiRunner" else args.runner
+
+
 def streaming_options(args: argparse.Namespace, beam_args: list[str]) -> PipelineOptions:
     """Pipeline options for a streaming run (streaming on; batch's default runner swapped)."""
-    runner = STREAMING_RUNNER if args.runner == "FnApiRunner" else args.runner
-    options = PipelineOptions(beam_args, runner=runner)
+    options = PipelineOptions(beam_args, runner=streaming_runner(args))
     options.view_as(StandardOptions).streaming = True
     return options
 
 
-#: Local runners that cannot run WatchFilePattern (a splittable DoFn behind a side input).
-_NO_WATCH_RUNNERS = frozenset({"FnApiRunner", "BundleBasedDirectRunner", "DirectRunner"})
-
-
 def _check(args: argparse.Namespace) -> None:
-    if args.model_watch and args.runner in _NO_WATCH_RUNNERS:
+    if watch_mode(args) == "side-input" and streaming_runner(args) in _NO_WATCH_RUNNERS:
         # Beam's Python direct runners cannot expand WatchFilePattern's Watch/PeriodicImpulse
         # (splittable DoFns), and their side inputs ignore the discarding trigger it relies on.
         raise SystemExit(
-            "stampflow run --streaming: --model-watch needs a runner with splittable DoFns and "
-            "slowly-updating side inputs (DataflowRunner); the local direct runners have neither"
+            "stampflow run --streaming: --model-watch-mode side-input needs a runner with "
+            "splittable DoFns and slowly-updating side inputs (DataflowRunner); on the local "
+            "direct runners use --model-watch-mode poll (the default there)"
         )
     if not args.input_subscription:
         raise SystemExit("stampflow run --streaming: --input-subscription is required")

@@ -38,6 +38,31 @@ def test_unknown_subcommand_is_an_error(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_a_wrong_model_directory_is_a_message_not_a_traceback(tmp_path, capsys):
+    from model.handler import METADATA_FILE
+
+    parent = tmp_path / "bench-model"
+    (parent / "model").mkdir(parents=True)
+    (parent / "model" / METADATA_FILE).write_text("{}")
+    code = cli.main(
+        [
+            "run",
+            "--input",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "o"),
+            "--model",
+            str(parent),
+            "--verbose",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "is not an exported stampflow model" in err
+    assert f"did you mean {parent / 'model'}?" in err
+    assert "Traceback" not in err
+
+
 def test_decode_job_reconciles(tmp_path):
     night = tmp_path / "night"
     night.mkdir()

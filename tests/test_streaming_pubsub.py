@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import threading
 import time
@@ -232,15 +233,145 @@ def test_stream_equals_batch_with_dead_letters_and_latency(
     assert min(latencies) >= HOLD_S
 
 
-def test_model_watch_refuses_local_runners():
-    # WatchFilePattern cannot run on Beam's Python direct runners: say so before starting.
-    from pipeline.streaming import _check
+def test_model_watch_mode_follows_the_runner():
+    # WatchFilePattern cannot run on Beam's Python direct runners: there the handler polls.
+    from pipeline.streaming import _check, watch_mode
 
     args, _ = _args(
         ["--streaming", "--input-subscription", "projects/p/subscriptions/s",
          "--output-topic", "projects/p/topics/t", "--model-watch", "m/*/stampflow_model.json"]
     )  # fmt: skip
-    with pytest.raises(SystemExit, match="DataflowRunner"):
+    assert watch_mode(args) == "poll"
+    _check(args)
+    args.model_watch_mode = "side-input"
+    with pytest.raises(SystemExit, match="--model-watch-mode poll"):
         _check(args)
     args.runner = "DataflowRunner"
     _check(args)  # accepted
+    args.model_watch_mode = "auto"
+    assert watch_mode(args) == "side-input"
+    args.model_watch = None
+    assert watch_mode(args) is None
+
+
+def _version(src: Path, dst: Path, version: str, mtime: float, **changes) -> Path:
+    """A copy of model ``src`` as version ``version``, its metadata written last at ``mtime``."""
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / METADATA_FILE).read_text())
+    (dst / METADATA_FILE).write_text(json.dumps({**meta, "version": version, **changes}))
+    os.utime(dst / METADATA_FILE, (mtime, mtime))
+    return dst
+
+
+def test_newest_model_dir_is_the_latest_metadata(model_dir, tmp_path):
+    from model.handler import newest_model_dir
+
+    pattern = str(tmp_path / "models" / "*" / METADATA_FILE)
+    assert newest_model_dir(pattern) is None
+    _version(model_dir, tmp_path / "models" / "b", "1", 1_000)
+    _version(model_dir, tmp_path / "models" / "a", "2", 2_000)
+    assert newest_model_dir(pattern) == str(tmp_path / "models" / "a")
+
+
+def test_watched_model_swaps_to_new_versions_and_skips_bad_ones(model_dir, night, tmp_path):
+    from model.handler import WatchedModel
+    from pipeline.streaming import PollingHandler
+
+    models = tmp_path / "models"
+    pattern = str(models / "*" / METADATA_FILE)
+    example = featurize_alerts(_alerts(night)[:1], FEATURES_PRODUCTION, "pad").examples[0][1]
+    watched = WatchedModel(pattern, str(model_dir), interval_s=0.0)
+    assert watched.current()[1] == str(model_dir)  # nothing matches yet: serve --model
+    v2 = _version(model_dir, models / "v2", "2.0.0", time.time() - 10)
+    assert watched.current()[1] == str(v2)
+    # Newer but unusable versions are skipped and the running one is kept.
+    _version(model_dir, models / "v3", "3.0.0", time.time() - 5, features=["sgscore1"])
+    assert watched.current()[1] == str(v2)
+    broken = _version(model_dir, models / "v4", "4.0.0", time.time())
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    assert watched.current()[1] == str(v2)
+    # The handler reports the directory of the version that ran each batch.
+    handler = PollingHandler(str(model_dir), pattern, 0.0)
+    loaded = handler.load_model()
+    assert [r.model_id for r in handler.run_inference([example], loaded)] == [str(v2)]
+    # A long interval: no look at the glob until it has passed.
+    slow = WatchedModel(pattern, str(model_dir), interval_s=3600.0)
+    assert slow.current()[1] == str(v2)  # the newest good version at start
+    _version(model_dir, models / "v5", "5.0.0", time.time() + 10)
+    assert slow.current()[1] == str(v2)
+
+
+def test_live_model_swap_on_the_emulator(emulator, night, model_dir, tmp_path, monkeypatch):
+    """``--model-watch``: rows computed before a new version appears name the old one, rows after
+    it name the new one and carry its probabilities (equal to a batch run with that version)."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
+    from google.cloud import pubsub_v1
+
+    from pipeline.streaming import start_streaming
+    from simulator import simulate
+
+    later = tmp_path / "later_night"
+    simulate(60, later, seed=31, night="20180816", detections_per_object=2, workers=1)
+    assert not {a.object_id for a in _alerts(later)} & {a.object_id for a in _alerts(night)}
+    models = tmp_path / "models"
+    v1 = _version(model_dir, models / "v1", "1.0.0", time.time() - 60)
+    _, rows_v1, _ = _batch([str(night)], v1, tmp_path / "batch1")
+
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topics = {}
+    for name in ("swap_alerts", "swap_rows"):
+        topic = publisher.topic_path(PROJECT, name)
+        publisher.create_topic(name=topic)
+        sub = subscriber.subscription_path(PROJECT, name)
+        subscriber.create_subscription(name=sub, topic=topic)
+        topics[name] = (topic, sub)
+    args, beam_args = _args(
+        [
+            "--streaming",
+            "--input-subscription", topics["swap_alerts"][1],
+            "--output-topic", topics["swap_rows"][0],
+            "--model", str(v1),
+            "--model-watch", str(models / "*" / METADATA_FILE),
+            "--model-watch-interval", "1",
+            "--hold-seconds", "2",
+        ]
+    )  # fmt: skip
+    rows = _Collector(subscriber, topics["swap_rows"][1])
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + RECEIVE_TIMEOUT_S
+        while time.monotonic() < deadline and len(rows.messages) < n:
+            time.sleep(0.5)
+
+    result = start_streaming(args, beam_args)
+    try:
+        time.sleep(5)
+        publish(topics["swap_alerts"][0], [str(night)], rate=RATE, publisher=publisher)
+        wait_for(len(rows_v1))
+        # A new version appears while the job runs: a differently initialised network.
+        exported = export_random_model(night, tmp_path / "export2", "2.0.0")
+        v2 = _version(exported, models / "v2", "2.0.0", time.time())
+        _, rows_v2, _ = _batch([str(later)], v2, tmp_path / "batch2")
+        time.sleep(3)  # > the watch interval
+        publish(topics["swap_alerts"][0], [str(later)], rate=RATE, publisher=publisher)
+        wait_for(len(rows_v1) + len(rows_v2))
+        time.sleep(3)
+    finally:
+        result.cancel()
+        rows.stop()
+
+    got = {r["candid"]: r for _, r in rows.messages}
+    assert len(got) == len(rows.messages) == len(rows_v1) + len(rows_v2)
+    assert {c: got[c]["model_version"] for c in rows_v1} == dict.fromkeys(rows_v1, "1.0.0")
+    assert {c: got[c]["model_version"] for c in rows_v2} == dict.fromkeys(rows_v2, "2.0.0")
+    for candid, b in rows_v2.items():
+        for cls in (c for c in PROBABILITY_COLUMN_NAMES if c.startswith("p_")):
+            assert got[candid][cls] == pytest.approx(b[cls], abs=1e-6), (candid, cls)
+    v1_on_later = _batch([str(later)], v1, tmp_path / "batch3")[1]
+    diff = max(
+        abs(rows_v2[c][k] - v1_on_later[c][k])
+        for c in rows_v2
+        for k in PROBABILITY_COLUMN_NAMES
+        if k.startswith("p_")
+    )
+    assert diff > 1e-3, "the two versions must compute different probabilities"

@@ -38,12 +38,14 @@ REQUIRED_CANDIDATE_FIELDS: Final[tuple[str, ...]] = (
 #: Pipeline stages a record can die in, in pipeline order.
 STAGE_READ: Final[str] = "read"  # the file or archive member could not be read at all
 STAGE_DECODE: Final[str] = "decode"  # Avro container / record / ZTF-shape problems
+STAGE_SELECT: Final[str] = "select"  # a selected alert could not be read again from its file
 STAGE_STAMPS: Final[str] = "stamps"  # cutout problems (null, JPEG, corrupt gzip, bad FITS, size)
 STAGE_FEATURES: Final[str] = "features"
 STAGE_INFERENCE: Final[str] = "inference"
 STAGES: Final[tuple[str, ...]] = (
     STAGE_READ,
     STAGE_DECODE,
+    STAGE_SELECT,
     STAGE_STAMPS,
     STAGE_FEATURES,
     STAGE_INFERENCE,

@@ -4,58 +4,176 @@
 
 1. its ``prv_candidates`` hold no detection earlier than itself (a pure check per alert, no
    shuffle: in ZTF's stream this alone removes every later alert of an object), and
-2. it is the earliest alert (``jd``, then ``candid``) of its ``objectId`` in this input (a
-   ``GroupByKey`` over the alerts that survived step 1, for archives whose histories are missing).
+2. it is the earliest alert (``jd``, then ``candid``) of its ``objectId`` in this input (for
+   archives whose histories are missing, or that hold an object's alerts from several nights).
 
-``--select all`` classifies every alert. Skipped alerts leave on the ``skipped`` output as
+Step 2 needs every object's alerts side by side, i.e. a shuffle. Shuffling the alerts themselves
+made a batch run's memory grow with the night (the local runner holds a ``GroupByKey``'s whole
+input: ≈ 150 kB per kept alert, 15 GB for a 260k-alert night), so only *sightings*
+``(objectId, jd, candid, source)`` are shuffled, ≈ 100 B each, and the winners are then read again
+from their files::
+
+    alerts ─ History ─▶ sightings ─ GroupByKey(objectId) ─ Earliest ─▶ winners
+                                                                         │
+    winners ─ GroupByKey(file) ─ Reread (decode only the winners' containers) ─▶ first detections
+
+The second read costs one extra decode per *selected* alert (files without a winner are not opened
+again; an archive is streamed once more). A winner that cannot be found again (the file changed or
+vanished between the passes) becomes a ``select`` dead letter, so the run still reconciles.
+
+``--select all`` classifies every alert as read. Skipped alerts leave on the ``skipped`` output as
 ``(reason, candid)`` so the run summary can reconcile ``records in == classified + skipped + dead``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.alerts import Alert
+from transforms.alerts import Alert, decode_alerts
+from transforms.dead_letters import dead_letter
 from transforms.rules import earliest_key, history_skip_reason
-from transforms.schema import METRICS_NAMESPACE, SKIP_NOT_FIRST_IN_INPUT
+from transforms.schema import METRICS_NAMESPACE, SKIP_NOT_FIRST_IN_INPUT, STAGE_SELECT
+from transforms.sources import ReadError, read_path
 
 SELECT_MODES = ("first", "all")
 SKIPPED = "skipped"
+DEAD_LETTERS = "dead_letters"
 
 
-class _HistoryFilter(beam.DoFn):
+class Sighting(NamedTuple):
+    """What first-detection selection needs of an alert: its order key and where to find it."""
+
+    jd: float  # [day]
+    candid: int
+    source: str  # a path or ``archive!member``, as on :class:`~transforms.alerts.Alert`
+
+
+def sighting(alert: Alert) -> tuple[str, Sighting]:
+    """``(objectId, Sighting)`` of an alert, the element shuffled by object."""
+    return alert.object_id, Sighting(alert.jd, alert.candid, alert.source)
+
+
+def source_path(source: str) -> str:
+    """The file a source lives in: ``night.tar.gz!a/b.avro`` → ``night.tar.gz``."""
+    return source.partition("!")[0]
+
+
+def earliest(sightings: Iterable[Sighting]) -> tuple[Sighting, list[Sighting]]:
+    """The earliest sighting (``jd``, then ``candid``) and the rest, in order.
+
+    Parameters
+    ----------
+    sightings
+        One object's sightings (at least one).
+
+    Returns
+    -------
+    (Sighting, list of Sighting)
+        The winner and the later sightings. Two copies of one alert (same ``candid``, e.g. a file
+        given twice) are ordered by ``source`` so the choice does not depend on shuffle order.
+    """
+    ordered = sorted(sightings, key=lambda s: (*earliest_key(s.jd, s.candid), s.source))
+    return ordered[0], ordered[1:]
+
+
+def reread_winners(
+    path: str, wanted: Iterable[tuple[str, int]]
+) -> Iterator[Alert | tuple[str, int, str]]:
+    """Read ``path`` again and yield the wanted alerts, each exactly once.
+
+    Parameters
+    ----------
+    path
+        A file or archive, as matched by the first read.
+    wanted
+        ``(source, candid)`` pairs that live in ``path``.
+
+    Yields
+    ------
+    Alert or (source, candid, reason)
+        Each wanted alert found (full, with its raw container), then one ``(source, candid,
+        reason)`` per wanted alert that is no longer there. Containers holding no wanted alert are
+        not decoded.
+    """
+    missing = set(wanted)
+    sources = {source for source, _ in missing}
+    why = "reread: alert not found when its file was read again"
+    for item in read_path(path):
+        if isinstance(item, ReadError):
+            if item.source == path:  # the whole file is gone or broken now
+                why = f"reread: {item.reason}"
+            continue
+        source, data = item
+        if source not in sources:
+            continue
+        alerts, _ = decode_alerts(data, source)  # the first read dead-lettered any broken tail
+        for alert in alerts:
+            key = (alert.source, alert.candid)
+            if key in missing:
+                missing.discard(key)
+                yield alert
+    for source, candid in sorted(missing):
+        yield source, candid, why
+
+
+class _History(beam.DoFn):
     def __init__(self) -> None:
         self.skipped = Metrics.counter(METRICS_NAMESPACE, "skipped_earlier_detection")
 
     def process(self, alert: Alert) -> Iterator[Any]:
         reason = history_skip_reason(alert.candidate, alert.prv_candidates)
         if reason is None:
-            # The GroupByKey below holds every kept alert of the night: shuffle it slim.
-            yield alert.slim()
+            yield sighting(alert)
         else:
             self.skipped.inc()
             yield beam.pvalue.TaggedOutput(SKIPPED, (reason, alert.candid))
 
 
-def _earliest(item: tuple[str, Iterable[Alert]]) -> Iterator[Any]:
-    _, alerts = item
-    ordered = sorted(alerts, key=lambda a: earliest_key(a.jd, a.candid))
-    yield ordered[0]
-    for later in ordered[1:]:
-        yield beam.pvalue.TaggedOutput(SKIPPED, (SKIP_NOT_FIRST_IN_INPUT, later.candid))
+def _winner_by_path(item: tuple[str, Iterable[Sighting]]) -> Iterator[Any]:
+    _, sightings = item
+    first, later = earliest(sightings)
+    yield source_path(first.source), (first.source, first.candid)
+    for s in later:
+        yield beam.pvalue.TaggedOutput(SKIPPED, (SKIP_NOT_FIRST_IN_INPUT, s.candid))
+
+
+class _Reread(beam.DoFn):
+    def __init__(self) -> None:
+        self.reread = Metrics.counter(METRICS_NAMESPACE, "alerts_reread")
+        self.dead = Metrics.counter(METRICS_NAMESPACE, f"dead_letters_{STAGE_SELECT}")
+
+    def process(self, item: tuple[str, Iterable[tuple[str, int]]]) -> Iterator[Any]:
+        path, wanted = item
+        for found in reread_winners(path, wanted):
+            if isinstance(found, Alert):
+                self.reread.inc()
+                # Only the candidate and cutouts are needed from here; dead letters re-read.
+                yield found.slim()
+            else:
+                self.dead.inc()
+                source, candid, reason = found
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTERS, dead_letter(STAGE_SELECT, reason, source, b"", None, candid)
+                )
 
 
 class SelectFirstDetections(beam.PTransform):
-    """Alerts → first detections (main output) and ``skipped`` ``(reason, candid)`` pairs.
+    """Alerts → first detections, ``skipped`` ``(reason, candid)`` pairs and ``dead_letters``.
 
     Parameters
     ----------
     mode
         ``"first"`` or ``"all"``.
+
+    Notes
+    -----
+    ``"first"`` re-reads the selected alerts from their ``source`` (see the module docstring), so
+    its input must come from :class:`transforms.ingest.ReadAlerts` over files that stay in place
+    for the run.
     """
 
     def __init__(self, mode: str = "first") -> None:
@@ -67,15 +185,20 @@ class SelectFirstDetections(beam.PTransform):
     def expand(self, alerts: beam.PCollection) -> dict[str, beam.PCollection]:
         if self.mode == "all":
             none = alerts.pipeline | "NoSkips" >> beam.Create([])
-            return {"alerts": alerts, SKIPPED: none}
-        history = alerts | "History" >> beam.ParDo(_HistoryFilter()).with_outputs(
-            SKIPPED, main="alerts"
+            no_dead = alerts.pipeline | "NoDeadLetters" >> beam.Create([])
+            return {"alerts": alerts, SKIPPED: none, DEAD_LETTERS: no_dead}
+        history = alerts | "History" >> beam.ParDo(_History()).with_outputs(
+            SKIPPED, main="sightings"
         )
-        earliest = (
-            history.alerts
-            | "ByObject" >> beam.Map(lambda a: (a.object_id, a))
+        winners = (
+            history.sightings
             | "GroupObjects" >> beam.GroupByKey()
-            | "Earliest" >> beam.FlatMap(_earliest).with_outputs(SKIPPED, main="alerts")
+            | "Earliest" >> beam.FlatMap(_winner_by_path).with_outputs(SKIPPED, main="winners")
         )
-        skipped = (history[SKIPPED], earliest[SKIPPED]) | "AllSkipped" >> beam.Flatten()
-        return {"alerts": earliest.alerts, SKIPPED: skipped}
+        reread = (
+            winners.winners
+            | "GroupFiles" >> beam.GroupByKey()
+            | "Reread" >> beam.ParDo(_Reread()).with_outputs(DEAD_LETTERS, main="alerts")
+        )
+        skipped = (history[SKIPPED], winners[SKIPPED]) | "AllSkipped" >> beam.Flatten()
+        return {"alerts": reread.alerts, SKIPPED: skipped, DEAD_LETTERS: reread[DEAD_LETTERS]}

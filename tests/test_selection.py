@@ -1,0 +1,167 @@
+"""First-detection selection in batch: sightings shuffled by object, winners re-read from their
+files (pure functions, the re-read DoFn, and the composite in a TestPipeline on real alerts)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from tests.conftest import REAL, decoded_alerts, mini_container, mini_record, needs_real
+from transforms.ingest import ALERTS, ReadAlerts
+from transforms.rules import history_skip_reason
+from transforms.schema import SKIP_NOT_FIRST_IN_INPUT, STAGE_SELECT
+from transforms.selection import (
+    DEAD_LETTERS,
+    SKIPPED,
+    SelectFirstDetections,
+    Sighting,
+    _Reread,
+    earliest,
+    reread_winners,
+    source_path,
+)
+
+
+def _record(i: int, object_id: str, jd: float) -> dict:
+    rec = mini_record(i)
+    rec["objectId"] = object_id
+    rec["candidate"]["jd"] = jd
+    return rec
+
+
+@pytest.fixture
+def archive(tmp_path) -> Path:
+    """An object seen three times (a multi-record file, an archive member, a single file) and a
+    second object seen once; no histories, so only the shuffle can pick the first detections."""
+    d = tmp_path / "night"
+    d.mkdir()
+    (d / "multi.avro").write_bytes(
+        mini_container([_record(1, "ZTF99obj1", 2460001.7), _record(2, "ZTF99obj2", 2460001.9)])
+    )
+    member = mini_container([_record(3, "ZTF99obj1", 2460001.6)])  # obj1's earliest
+    with tarfile.open(d / "night.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("sub/three.avro")
+        info.size = len(member)
+        tar.addfile(info, io.BytesIO(member))
+    (d / "single.avro").write_bytes(mini_container([_record(4, "ZTF99obj1", 2460001.8)]))
+    return d
+
+
+def test_source_path_strips_the_archive_member():
+    assert source_path("gs://b/n.tar.gz!a/b.avro") == "gs://b/n.tar.gz"
+    assert source_path("/data/x.avro") == "/data/x.avro"
+
+
+def test_earliest_orders_by_jd_then_candid_then_source():
+    a = Sighting(2460001.5, 7, "b.avro")
+    b = Sighting(2460001.5, 5, "c.avro")
+    c = Sighting(2460001.4, 9, "a.avro")
+    assert earliest([a, b, c]) == (c, [b, a])
+    # the same alert read twice (a file given twice): the same winner whatever the input order
+    dup1, dup2 = Sighting(1.0, 1, "x.avro"), Sighting(1.0, 1, "y.avro")
+    assert earliest([dup2, dup1])[0] == earliest([dup1, dup2])[0] == dup1
+
+
+def test_reread_decodes_only_the_wanted_alerts(archive):
+    multi = str(archive / "multi.avro")
+    found = list(reread_winners(multi, [(multi, 1_000_000_000_002)]))
+    assert [a.candid for a in found] == [1_000_000_000_002]
+    assert found[0].object_id == "ZTF99obj2" and found[0].raw  # full alert, own container
+    tar = str(archive / "night.tar.gz")
+    member = f"{tar}!sub/three.avro"
+    assert [a.source for a in reread_winners(tar, [(member, 1_000_000_000_003)])] == [member]
+
+
+def test_reread_reports_what_is_gone(archive):
+    multi = str(archive / "multi.avro")
+    missing = list(reread_winners(multi, [(multi, 42)]))
+    assert missing == [(multi, 42, "reread: alert not found when its file was read again")]
+    (archive / "single.avro").unlink()
+    single = str(archive / "single.avro")
+    [(source, candid, reason)] = reread_winners(single, [(single, 1_000_000_000_004)])
+    assert (source, candid) == (single, 1_000_000_000_004)
+    assert reason.startswith("reread: unreadable")
+
+
+def test_reread_dofn_turns_missing_alerts_into_select_dead_letters(archive):
+    multi = str(archive / "multi.avro")
+    out = list(_Reread().process((multi, [(multi, 1_000_000_000_001), (multi, 42)])))
+    alerts = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
+    dead = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+    assert [a.candid for a in alerts] == [1_000_000_000_001]
+    assert alerts[0].raw == b""  # slim: the history and raw bytes stay on disk
+    assert [(d["stage"], d["candid"], d["source"]) for d in dead] == [(STAGE_SELECT, 42, multi)]
+
+
+def test_pipeline_picks_one_alert_per_object_across_files_and_archives(archive):
+    with BeamTestPipeline() as p:
+        read = p | ReadAlerts([str(archive)])
+        out = read[ALERTS] | SelectFirstDetections("first")
+        assert_that(
+            out["alerts"] | beam.Map(lambda a: (a.object_id, a.candid, a.source)),
+            equal_to(
+                [
+                    ("ZTF99obj1", 1_000_000_000_003, f"{archive}/night.tar.gz!sub/three.avro"),
+                    ("ZTF99obj2", 1_000_000_000_002, f"{archive}/multi.avro"),
+                ]
+            ),
+            label="winners",
+        )
+        assert_that(
+            out[SKIPPED],
+            equal_to(
+                [
+                    (SKIP_NOT_FIRST_IN_INPUT, 1_000_000_000_001),
+                    (SKIP_NOT_FIRST_IN_INPUT, 1_000_000_000_004),
+                ]
+            ),
+            label="skipped",
+        )
+        assert_that(out[DEAD_LETTERS], equal_to([]), label="dead")
+
+
+def test_a_file_given_twice_is_classified_once(archive):
+    single = str(archive / "single.avro")
+    with BeamTestPipeline() as p:
+        read = p | ReadAlerts([single, single])
+        out = read[ALERTS] | SelectFirstDetections("first")
+        assert_that(out["alerts"] | beam.Map(lambda a: a.candid), equal_to([1_000_000_000_004]))
+        assert_that(
+            out[SKIPPED], equal_to([(SKIP_NOT_FIRST_IN_INPUT, 1_000_000_000_004)]), label="skip"
+        )
+
+
+@needs_real
+def test_real_alerts_select_the_earliest_detection_without_history():
+    alerts = decoded_alerts(REAL)
+    best: dict[str, object] = {}
+    history = 0
+    for a in alerts:
+        if history_skip_reason(a.candidate, a.prv_candidates) is not None:
+            history += 1
+            continue
+        b = best.get(a.object_id)
+        if b is None or (a.jd, a.candid, a.source) < (b.jd, b.candid, b.source):
+            best[a.object_id] = a
+    expected = sorted((a.candid, a.source) for a in best.values())
+    assert len(expected) > 10
+    with BeamTestPipeline() as p:
+        read = p | ReadAlerts([str(REAL)])
+        out = read[ALERTS] | SelectFirstDetections("first")
+        assert_that(
+            out["alerts"] | beam.Map(lambda a: (a.candid, a.source)),
+            equal_to(expected),
+            label="winners",
+        )
+        assert_that(
+            out[SKIPPED] | beam.combiners.Count.Globally(),
+            equal_to([len(alerts) - len(expected)]),
+            label="skipped",
+        )
+        assert_that(out[DEAD_LETTERS], equal_to([]), label="dead")
