@@ -4,8 +4,9 @@ The night is simulated once per (size, seed, detections per object) and cached u
 benchmark's cache directory. The job runs in a subprocess (``python -m pipeline.cli run``), so
 its interpreter and TensorFlow start-up, and every worker process it forks, are measured the way a
 user's run would be. Peak RSS is the largest *sum* of resident memory over the job's whole process
-tree, sampled from ``/proc`` every 0.2 s (``getrusage`` only gives the largest
-single process: the largest process's peak from ``wait4`` is reported beside it).
+tree, sampled from ``/proc`` every 0.2 s, and never less than the largest single process's own
+peak (``VmHWM``, which the kernel resets at ``exec``). ``wait4``'s ``ru_maxrss`` is not used: it
+counts the child from ``fork``, when it still shares the benchmark process's pages.
 """
 
 from __future__ import annotations
@@ -83,18 +84,40 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and all its descendants [bytes] (0 once it is gone)."""
-    tree, total, todo = _children(), 0, [pid]
+def _tree(pid: int) -> list[int]:
+    tree, out, todo = _children(), [], [pid]
     while todo:
         p = todo.pop()
+        out.append(p)
+        todo += tree.get(p, [])
+    return out
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants [bytes] (0 once it is gone)."""
+    total = 0
+    for p in _tree(pid):
         try:
             with open(f"/proc/{p}/statm", "rb") as f:
                 total += int(f.read().split()[1]) * _PAGE
         except (OSError, IndexError, ValueError):
             pass
-        todo += tree.get(p, [])
     return total
+
+
+def largest_peak_bytes(pid: int) -> int:
+    """The largest ``VmHWM`` (peak resident memory since ``exec``) in ``pid``'s tree [bytes]."""
+    largest = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmHWM:"):
+                        largest = max(largest, int(line.split()[1]) * 1024)
+                        break
+        except (OSError, IndexError, ValueError):
+            pass
+    return largest
 
 
 def run_pipeline(
@@ -138,7 +161,7 @@ def run_pipeline(
     if workers > 1:
         cmd += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    peak = 0
+    peak = largest = 0
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     t0 = time.perf_counter()
     with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
@@ -146,16 +169,15 @@ def run_pipeline(
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, largest
         while not stop.is_set():
             peak = max(peak, tree_rss_bytes(proc.pid))
+            largest = max(largest, largest_peak_bytes(proc.pid))
             stop.wait(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    # wait4 reports the child's own rusage merged with its waited-for descendants': ru_maxrss is
-    # the largest single process of this run's tree [KiB].
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     stop.set()
     sampler.join()
@@ -165,7 +187,6 @@ def run_pipeline(
     shutil.rmtree(logs, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"stampflow run exited {proc.returncode}: {stderr[-2000:]}")
-    largest = usage.ru_maxrss * 1024
     summary = json.loads(Path(out_dir, "summary.json").read_text())
     records = summary["records_in"]
     return {

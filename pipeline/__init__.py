@@ -5,6 +5,7 @@ one stage per module of :mod:`transforms`::
 
     ReadAlerts (transforms.ingest)          files / dirs / globs / tar.gz / gs://  → Alert
       └─ SelectFirstDetections (transforms.selection)   history check, earliest per object
+                                                         (ids shuffled, winners read again)
            └─ Featurize (transforms.featurize)            23 features + raw 63×63×3 stamps
                 └─ Classify: RunInference (model.handler)   tf.Transform graph + CNN SavedModel
                      └─ ApplyRules (transforms.rules)         ALeRCE's rules, rule column

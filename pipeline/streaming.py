@@ -520,6 +520,58 @@ def _check(args: argparse.Namespace) -> None:
         raise SystemExit("stampflow run --streaming: give --output-topic and/or --bigquery-dataset")
 
 
+#: Direct runners whose Pub/Sub reader blocks the whole job while it waits for messages.
+_DIRECT_RUNNERS = frozenset({"BundleBasedDirectRunner", "DirectRunner"})
+#: Pub/Sub pull deadline on those runners [s]; the emulator answers an empty pull ~1 s before it.
+LOCAL_PULL_TIMEOUT_S = 2.0
+
+
+class _ShortPull:
+    """A SubscriberClient whose ``pull`` waits at most ``timeout_s`` (everything else delegated)."""
+
+    def __init__(self, client: Any, timeout_s: float) -> None:
+        self._client, self._timeout_s = client, timeout_s
+
+    def pull(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["timeout"] = min(kwargs.get("timeout") or self._timeout_s, self._timeout_s)
+        return self._client.pull(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def shorten_direct_runner_pulls(timeout_s: float = LOCAL_PULL_TIMEOUT_S) -> bool:
+    """Make the Python direct runner's Pub/Sub reader pull with a short deadline.
+
+    The direct runner reads Pub/Sub in its single scheduling loop with a 30 s pull deadline and
+    fires no processing-time timers while a pull waits. When the subscription goes quiet (the
+    end of a night, a lull), the last first detections then wait up to 30 s past their hold:
+    measured p99 33 s at any publish rate. With a 2 s deadline the loop comes round every ~1 s.
+    Only the local runner is affected; Dataflow reads Pub/Sub its own way.
+
+    Returns
+    -------
+    bool
+        True when the runner's reader was found and wrapped (idempotent).
+    """
+    try:
+        from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator
+    except ImportError:  # a Beam without the Python direct runner's evaluator
+        return False
+    if getattr(_PubSubReadEvaluator, "_stampflow_short_pull", False):
+        return True
+    original = getattr(_PubSubReadEvaluator, "_get_subscriber_client", None)
+    if original is None:
+        return False
+
+    def short(cls: Any, transform: Any) -> _ShortPull:
+        return _ShortPull(original.__func__(cls, transform), timeout_s)
+
+    _PubSubReadEvaluator._get_subscriber_client = classmethod(short)
+    _PubSubReadEvaluator._stampflow_short_pull = True
+    return True
+
+
 def start_streaming(
     args: argparse.Namespace, beam_args: list[str], test_pipeline: beam.Pipeline | None = None
 ) -> beam.runners.runner.PipelineResult:
@@ -531,6 +583,8 @@ def start_streaming(
 
         target = BigQueryTarget.parse(args.bigquery_dataset, args.bigquery_emulator)
         ensure_tables(make_client(target.project, target.endpoint), target.dataset, target.project)
+    if streaming_runner(args) in _DIRECT_RUNNERS:
+        shorten_direct_runner_pulls()
     p = test_pipeline or beam.Pipeline(options=streaming_options(args, beam_args))
     build_streaming(p, args)
     return p.run()

@@ -126,3 +126,25 @@ def test_tiny_run_per_stage_table(tiny_run):
         assert r["gflops"] == pytest.approx(r["alerts_per_s"] * flops / 1e9)
         assert r["efficiency"] == pytest.approx(r["gflops"] / tiny_run["machine_gflops"])
     assert "stages_real" not in tiny_run  # the --real directory does not exist
+
+
+def test_memory_sampling_sees_a_child_and_its_own_peak():
+    import subprocess
+    import sys
+
+    from bench.end_to_end import largest_peak_bytes, tree_rss_bytes
+
+    # A child that touches 200 MB, frees it, then idles: its peak stays visible after the free.
+    code = "b = bytearray(200 * 2**20); del b; import time; time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        while largest_peak_bytes(child.pid) < 200 * 2**20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert largest_peak_bytes(child.pid) >= 200 * 2**20
+        assert 0 < tree_rss_bytes(child.pid) < 150 * 2**20  # the free returned the memory
+    finally:
+        child.kill()
+        child.wait()

@@ -1,4 +1,4 @@
-"""Start and stop the Google Cloud CLI's Pub/Sub emulator for tests (SPEC §10).
+"""Start and stop the Google Cloud CLI's Pub/Sub emulator for tests and benchmarks (SPEC §10).
 
 The emulator runs in its own process group on 127.0.0.1 and a free port, and is stopped by
 signalling that group. :func:`missing_requirements` tells a test why it must skip.
