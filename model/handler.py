@@ -67,7 +67,7 @@ def read_metadata(model_dir: str) -> dict[str, Any]:
                 hint = f"; did you mean {FileSystems.join(model_dir, sub)}?"
         raise ModelDirError(
             f"{model_dir} is not an exported stampflow model (cannot read {METADATA_FILE}: "
-            f"{type(e).__name__}){hint} Export one with `stampflow train` or "
+            f"{type(e).__name__}: {e}){hint} Export one with `stampflow train` or "
             "`stampflow import-alerce`."
         ) from e
     if tuple(meta.get("class_names", CLASS_NAMES)) != CLASS_NAMES:
@@ -88,12 +88,14 @@ def model_dirs_newest_first(pattern: str) -> list[str]:
     -------
     list of str
         By the metadata file's modification time, then path, newest first; empty when nothing
-        matches or the location cannot be listed. Export a new version into a new directory and
-        write its metadata file last: the version then appears complete.
+        matches or the location cannot be listed (logged). Export a new version into a new
+        directory and write its metadata file last: the version then appears complete. (A copy
+        that keeps the original's modification times, ``cp -a``, counts as old.)
     """
     try:
         matches = FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # an unreadable bucket or a glob with no match yet
+    except Exception as e:  # an unreadable bucket; a glob without a match yet lands here too
+        logging.getLogger(__name__).warning("model watch: cannot list %s: %s", pattern, e)
         return []
     matches = sorted(matches, key=lambda m: (m.last_updated_in_seconds, m.path), reverse=True)
     return [os.path.dirname(m.path) for m in matches]

@@ -61,6 +61,16 @@ from transforms.selection import SELECT_MODES, SKIPPED, SelectFirstDetections
 from transforms.sources import reread
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "model" / "default")
+#: Runners that run in this machine's memory: there the selected alerts are not reshuffled.
+LOCAL_RUNNERS = frozenset(
+    {
+        "FnApiRunner",
+        "DirectRunner",
+        "BundleBasedDirectRunner",
+        "SwitchingDirectRunner",
+        "PrismRunner",
+    }
+)
 #: Candidate fields the rules and the SN report need beside the output row.
 _EXTRA_FIELDS = ("ssdistnr", "isdiffpos", "sgscore1", "distpsnr1", "ndethist")
 
@@ -222,14 +232,21 @@ def build(
     top_sn: int = 50,
     bigquery: BigQueryTarget | None = None,
     progress: bool = False,
+    spread: bool = False,
 ) -> None:
-    """Add the classification job to pipeline ``p``; see the module docstring for the outputs."""
+    """Add the classification job to pipeline ``p``; see the module docstring for the outputs.
+
+    ``spread`` reshuffles the selected alerts before classification (distributed runners; see
+    :class:`transforms.selection.SelectFirstDetections`).
+    """
     meta = read_metadata(model_dir)
     name, version = meta["name"], meta["version"]
     join = FileSystems.join
 
     read = p | "ReadAlerts" >> ReadAlerts(inputs)
-    selected = read[ALERTS] | "SelectFirstDetections" >> SelectFirstDetections(select)
+    selected = read[ALERTS] | "SelectFirstDetections" >> SelectFirstDetections(
+        select, spread=spread
+    )
     featurized = selected["alerts"] | "Featurize" >> Featurize(
         meta["features"], stamp_policy, key=alert_meta
     )
@@ -545,6 +562,7 @@ def _run(args: argparse.Namespace, beam_args: list[str], test_pipeline=None) -> 
         top_sn=args.top_sn,
         bigquery=None,
         progress=not args.quiet_progress,
+        spread=args.runner not in LOCAL_RUNNERS,
     )
     if args.bigquery_dataset:
         kwargs["bigquery"] = BigQueryTarget.parse(args.bigquery_dataset, args.bigquery_emulator)

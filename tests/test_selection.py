@@ -59,44 +59,87 @@ def test_source_path_strips_the_archive_member():
 
 
 def test_earliest_orders_by_jd_then_candid_then_source():
-    a = Sighting(2460001.5, 7, "b.avro")
-    b = Sighting(2460001.5, 5, "c.avro")
-    c = Sighting(2460001.4, 9, "a.avro")
+    a = Sighting(2460001.5, 7, "b.avro", "b.avro")
+    b = Sighting(2460001.5, 5, "c.avro", "c.avro")
+    c = Sighting(2460001.4, 9, "a.avro", "a.avro")
     assert earliest([a, b, c]) == (c, [b, a])
     # the same alert read twice (a file given twice): the same winner whatever the input order
-    dup1, dup2 = Sighting(1.0, 1, "x.avro"), Sighting(1.0, 1, "y.avro")
+    dup1, dup2 = Sighting(1.0, 1, "x.avro", "x.avro"), Sighting(1.0, 1, "y.avro", "y.avro")
     assert earliest([dup2, dup1])[0] == earliest([dup1, dup2])[0] == dup1
+
+
+# (source, candid, objectId, jd) of the records written by the `archive` fixture
+def _wanted(archive: Path, i: int) -> tuple[str, int, str, float]:
+    where = {1: "multi.avro", 2: "multi.avro", 3: "night.tar.gz!sub/three.avro", 4: "single.avro"}
+    obj = {1: "ZTF99obj1", 2: "ZTF99obj2", 3: "ZTF99obj1", 4: "ZTF99obj1"}
+    jd = {1: 2460001.7, 2: 2460001.9, 3: 2460001.6, 4: 2460001.8}
+    return f"{archive}/{where[i]}", 1_000_000_000_000 + i, obj[i], jd[i]
 
 
 def test_reread_decodes_only_the_wanted_alerts(archive):
     multi = str(archive / "multi.avro")
-    found = list(reread_winners(multi, [(multi, 1_000_000_000_002)]))
+    found = list(reread_winners(multi, [_wanted(archive, 2)]))
     assert [a.candid for a in found] == [1_000_000_000_002]
     assert found[0].object_id == "ZTF99obj2" and found[0].raw  # full alert, own container
+    assert found[0].path == multi
     tar = str(archive / "night.tar.gz")
     member = f"{tar}!sub/three.avro"
-    assert [a.source for a in reread_winners(tar, [(member, 1_000_000_000_003)])] == [member]
+    assert [a.source for a in reread_winners(tar, [_wanted(archive, 3)])] == [member]
 
 
 def test_reread_reports_what_is_gone(archive):
     multi = str(archive / "multi.avro")
-    missing = list(reread_winners(multi, [(multi, 42)]))
-    assert missing == [(multi, 42, "reread: alert not found when its file was read again")]
+    gone = (multi, 42, "ZTF99obj1", 2460001.7)
+    missing = list(reread_winners(multi, [gone]))
+    assert missing == [(gone, "reread: alert not found when its file was read again")]
     (archive / "single.avro").unlink()
     single = str(archive / "single.avro")
-    [(source, candid, reason)] = reread_winners(single, [(single, 1_000_000_000_004)])
-    assert (source, candid) == (single, 1_000_000_000_004)
+    [(wanted, reason)] = reread_winners(single, [_wanted(archive, 4)])
+    assert wanted == _wanted(archive, 4)
     assert reason.startswith("reread: unreadable")
 
 
 def test_reread_dofn_turns_missing_alerts_into_select_dead_letters(archive):
     multi = str(archive / "multi.avro")
-    out = list(_Reread().process((multi, [(multi, 1_000_000_000_001), (multi, 42)])))
+    gone = (multi, 42, "ZTF99obj9", 2460001.7)
+    out = list(_Reread().process((multi, [_wanted(archive, 1), gone])))
     alerts = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
     dead = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
     assert [a.candid for a in alerts] == [1_000_000_000_001]
     assert alerts[0].raw == b""  # slim: the history and raw bytes stay on disk
-    assert [(d["stage"], d["candid"], d["source"]) for d in dead] == [(STAGE_SELECT, 42, multi)]
+    assert [(d["stage"], d["candid"], d["objectId"], d["source"]) for d in dead] == [
+        (STAGE_SELECT, 42, "ZTF99obj9", multi)
+    ]
+
+
+def test_two_records_sharing_a_candid_are_two_winners(tmp_path):
+    # Two objects whose alerts carry the same candid in one container: both are classified.
+    path = tmp_path / "dup.avro"
+    path.write_bytes(
+        mini_container([_record(1, "ZTF99obja", 2460001.5), _record(1, "ZTF99objb", 2460001.5)])
+    )
+    with BeamTestPipeline() as p:
+        read = p | ReadAlerts([str(path)])
+        sel = read[ALERTS] | SelectFirstDetections("first")
+        assert_that(
+            sel["alerts"] | beam.Map(lambda a: a.object_id),
+            equal_to(["ZTF99obja", "ZTF99objb"]),
+        )
+        assert_that(sel[DEAD_LETTERS], equal_to([]), label="dead")
+
+
+def test_a_bang_in_a_directory_name_is_read_again(tmp_path, archive):
+    # `!` separates archive members in sources; a directory may contain one too.
+    odd = tmp_path / "wow!night"
+    archive.rename(odd)
+    with BeamTestPipeline() as p:
+        read = p | ReadAlerts([str(odd)])
+        out = read[ALERTS] | SelectFirstDetections("first", spread=True)
+        assert_that(
+            out["alerts"] | beam.Map(lambda a: a.candid),
+            equal_to([1_000_000_000_003, 1_000_000_000_002]),
+        )
+        assert_that(out[DEAD_LETTERS], equal_to([]), label="dead")
 
 
 def test_pipeline_picks_one_alert_per_object_across_files_and_archives(archive):

@@ -324,7 +324,7 @@ def test_live_model_swap_on_the_emulator(emulator, night, model_dir, tmp_path, m
 
 
 def test_direct_runner_pulls_wait_at_most_two_seconds():
-    from pipeline.streaming import LOCAL_PULL_TIMEOUT_S, _ShortPull, shorten_direct_runner_pulls
+    from pipeline.streaming import LOCAL_PULL_TIMEOUT_S, _ShortPull
 
     class Client:
         def __init__(self):
@@ -343,4 +343,28 @@ def test_direct_runner_pulls_wait_at_most_two_seconds():
     assert short.pull(subscription="s", max_messages=10, timeout=0.5) == "response"
     assert [c["timeout"] for c in client.calls] == [LOCAL_PULL_TIMEOUT_S, 0.5]
     assert short.acknowledge(ack_ids=[]) == "acked"  # the rest is delegated
+
+    class Idle(Client):  # real Pub/Sub may answer an idle short pull with DEADLINE_EXCEEDED
+        def pull(self, **kwargs):
+            from google.api_core.exceptions import DeadlineExceeded
+
+            raise DeadlineExceeded("idle")
+
+    assert list(_ShortPull(Idle(), 2.0).pull(subscription="s").received_messages) == []
+
+
+def test_the_direct_runner_reads_pubsub_through_the_short_pull(monkeypatch):
+    # What Beam's Pub/Sub evaluator calls for every pull now hands out the wrapper.
+    from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator
+
+    from pipeline.streaming import _ShortPull, shorten_direct_runner_pulls
+
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:9")  # a client without credentials
     assert shorten_direct_runner_pulls() and shorten_direct_runner_pulls()  # found; idempotent
+
+    class Transform:  # the evaluator caches one client per (weakly referenced) transform
+        pass
+
+    transform = Transform()
+    client = _PubSubReadEvaluator._get_subscriber_client(transform)
+    assert isinstance(client, _ShortPull)

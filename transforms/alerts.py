@@ -73,11 +73,15 @@ class Alert:
     raw
         A self-contained single-record Avro container holding this alert (the input bytes
         themselves for single-alert files), for dead letters and replays.
+    path
+        The file or archive ``source`` lives in, as it was read (``""`` for messages). Kept apart
+        from ``source`` because a path may itself contain the ``!`` of ``archive!member``.
     """
 
     record: dict[str, Any]
     source: str
     raw: bytes = field(repr=False)
+    path: str = field(default="", repr=False)
 
     @property
     def object_id(self) -> str:
@@ -117,7 +121,7 @@ class Alert:
         letters of a slim alert re-read its bytes from ``source`` (:meth:`raw_bytes`).
         """
         record = {k: v for k, v in self.record.items() if k not in _HISTORY_FIELDS}
-        return Alert(record=record, source=self.source, raw=b"")
+        return Alert(record=record, source=self.source, raw=b"", path=self.path)
 
     def raw_bytes(self) -> bytes:
         """The raw container: kept bytes, or re-read from ``source`` for a slim alert."""
@@ -125,7 +129,7 @@ class Alert:
             return self.raw
         from transforms.sources import reread
 
-        return reread(self.source, self.candid)
+        return reread(self.source, self.candid, self.path or None)
 
     def cutout_bytes(self, kind: str) -> bytes | None:
         """The compressed stamp of one kind (``science``, ``template``, ``difference``), or None."""
@@ -314,7 +318,7 @@ def single_record_container(meta_bytes: bytes, datum: bytes) -> bytes:
     )
 
 
-def iter_alerts(data: bytes, source: str) -> Iterator[Alert]:
+def iter_alerts(data: bytes, source: str, path: str = "") -> Iterator[Alert]:
     """Decode every record of an Avro container into :class:`Alert` objects.
 
     Parameters
@@ -323,6 +327,8 @@ def iter_alerts(data: bytes, source: str) -> Iterator[Alert]:
         The bytes of one Avro object container file (one or many records, ZTF schema 1.8 to 4.02).
     source
         A label for where the bytes came from, kept on each alert and in errors.
+    path
+        The file the bytes were read from, kept on each alert (see :class:`Alert`).
 
     Yields
     ------
@@ -374,7 +380,7 @@ def iter_alerts(data: bytes, source: str) -> Iterator[Alert]:
                 ) from e
             _check_record(record, index)
             raw = data if single else single_record_container(meta_bytes, block[start : bio.tell()])
-            yield Alert(record=record, source=source, raw=bytes(raw))
+            yield Alert(record=record, source=source, raw=bytes(raw), path=path)
             index += 1
         if bio.tell() != len(block):
             raise AlertDecodeError(
@@ -393,7 +399,9 @@ def _null_codec_meta(meta: Mapping[str, bytes]) -> bytes:
     return b"".join(out)
 
 
-def decode_alerts(data: bytes, source: str) -> tuple[list[Alert], AlertDecodeError | None]:
+def decode_alerts(
+    data: bytes, source: str, path: str = ""
+) -> tuple[list[Alert], AlertDecodeError | None]:
     """Decode a container completely, keeping what decodes and the first error.
 
     Parameters
@@ -402,6 +410,8 @@ def decode_alerts(data: bytes, source: str) -> tuple[list[Alert], AlertDecodeErr
         Avro container bytes.
     source
         Label for where they came from.
+    path
+        The file they were read from (kept on each alert).
 
     Returns
     -------
@@ -410,7 +420,7 @@ def decode_alerts(data: bytes, source: str) -> tuple[list[Alert], AlertDecodeErr
     """
     alerts: list[Alert] = []
     try:
-        for alert in iter_alerts(data, source):
+        for alert in iter_alerts(data, source, path):
             alerts.append(alert)
     except AlertDecodeError as e:
         return alerts, e

@@ -49,7 +49,7 @@ class ExpandInputs(beam.DoFn):
 
 
 class ReadFiles(beam.DoFn):
-    """File path → ``(source, container bytes)``, one per file or archive member."""
+    """File path → ``(source, container bytes, path)``, one per file or archive member."""
 
     def __init__(self) -> None:
         self.containers = Metrics.counter(METRICS_NAMESPACE, "containers_read")
@@ -64,20 +64,25 @@ class ReadFiles(beam.DoFn):
                 )
             else:
                 self.containers.inc()
-                yield item
+                yield (*item, path)
 
 
 class DecodeAlerts(beam.DoFn):
-    """``(source, container bytes)`` → alerts; the undecodable remainder → one dead letter."""
+    """``(source, container bytes[, path])`` → alerts; the undecodable remainder → one dead letter.
+
+    ``path`` (the file read, from :class:`ReadFiles`) is kept on the alerts; Pub/Sub messages
+    come without one.
+    """
 
     def __init__(self) -> None:
         self.alerts = Metrics.counter(METRICS_NAMESPACE, "alerts_decoded")
         self.dead = Metrics.counter(METRICS_NAMESPACE, f"dead_letters_{STAGE_DECODE}")
 
-    def process(self, element: tuple[str, bytes]) -> Iterator[Any]:
-        source, data = element
+    def process(self, element: tuple[str, bytes] | tuple[str, bytes, str]) -> Iterator[Any]:
+        source, data = element[:2]
+        path = element[2] if len(element) > 2 else ""
         try:
-            alerts, error = decode_alerts(data, source)
+            alerts, error = decode_alerts(data, source, path)
         except Exception as e:  # a bug, not bad data; still never lose the input
             alerts, error = [], e
         for alert in alerts:

@@ -17,9 +17,12 @@ from their files::
                                                                          │
     winners ─ GroupByKey(file) ─ Reread (decode only the winners' containers) ─▶ first detections
 
-The second read costs one extra decode per *selected* alert (files without a winner are not opened
-again; an archive is streamed once more). A winner that cannot be found again (the file changed or
-vanished between the passes) becomes a ``select`` dead letter, so the run still reconciles.
+The second read costs about one extra decode per *selected* alert: files without a winner are not
+opened again, containers without one are not decoded, a multi-record container is decoded up to
+its last wanted record, and an archive is streamed again only up to its last winner. A winner
+that cannot be found again (the file changed or vanished between the passes) becomes a
+``select`` dead letter, so the run still reconciles. On distributed runners (``spread``) the
+re-read alerts are reshuffled, so one big archive's winners are classified by every worker.
 
 ``--select all`` classifies every alert as read. Skipped alerts leave on the ``skipped`` output as
 ``(reason, candid)`` so the run summary can reconcile ``records in == classified + skipped + dead``.
@@ -33,7 +36,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.alerts import Alert, decode_alerts
+from transforms.alerts import Alert, AlertDecodeError, iter_alerts
 from transforms.dead_letters import dead_letter
 from transforms.rules import earliest_key, history_skip_reason
 from transforms.schema import METRICS_NAMESPACE, SKIP_NOT_FIRST_IN_INPUT, STAGE_SELECT
@@ -50,15 +53,26 @@ class Sighting(NamedTuple):
     jd: float  # [day]
     candid: int
     source: str  # a path or ``archive!member``, as on :class:`~transforms.alerts.Alert`
+    path: str  # the file ``source`` lives in
+
+
+#: One selected alert, as the re-read looks for it: ``(source, candid, objectId, jd)``. All four,
+#: since archives may hold two records with one ``candid`` (different objects or epochs).
+Wanted = tuple[str, int, str, float]
 
 
 def sighting(alert: Alert) -> tuple[str, Sighting]:
     """``(objectId, Sighting)`` of an alert, the element shuffled by object."""
-    return alert.object_id, Sighting(alert.jd, alert.candid, alert.source)
+    path = alert.path or source_path(alert.source)
+    return alert.object_id, Sighting(alert.jd, alert.candid, alert.source, path)
 
 
 def source_path(source: str) -> str:
-    """The file a source lives in: ``night.tar.gz!a/b.avro`` → ``night.tar.gz``."""
+    """The file of a source recorded without one: ``night.tar.gz!a/b.avro`` → ``night.tar.gz``.
+
+    Only a fallback: a path may contain ``!`` itself, so alerts carry their path
+    (:attr:`transforms.alerts.Alert.path`).
+    """
     return source.partition("!")[0]
 
 
@@ -80,9 +94,7 @@ def earliest(sightings: Iterable[Sighting]) -> tuple[Sighting, list[Sighting]]:
     return ordered[0], ordered[1:]
 
 
-def reread_winners(
-    path: str, wanted: Iterable[tuple[str, int]]
-) -> Iterator[Alert | tuple[str, int, str]]:
+def reread_winners(path: str, wanted: Iterable[Wanted]) -> Iterator[Alert | tuple[Wanted, str]]:
     """Read ``path`` again and yield the wanted alerts, each exactly once.
 
     Parameters
@@ -90,17 +102,19 @@ def reread_winners(
     path
         A file or archive, as matched by the first read.
     wanted
-        ``(source, candid)`` pairs that live in ``path``.
+        The selected alerts that live in ``path``.
 
     Yields
     ------
-    Alert or (source, candid, reason)
-        Each wanted alert found (full, with its raw container), then one ``(source, candid,
-        reason)`` per wanted alert that is no longer there. Containers holding no wanted alert are
-        not decoded.
+    Alert or (Wanted, reason)
+        Each wanted alert found (full, with its raw container), then one ``(wanted, reason)`` per
+        wanted alert that is no longer there. Containers without a wanted alert are not decoded,
+        a container's decoding stops at its last wanted record, and the file is closed as soon as
+        everything was found.
     """
-    missing = set(wanted)
-    sources = {source for source, _ in missing}
+    missing: dict[str, set[Wanted]] = {}
+    for w in wanted:
+        missing.setdefault(w[0], set()).add(w)
     why = "reread: alert not found when its file was read again"
     for item in read_path(path):
         if isinstance(item, ReadError):
@@ -108,16 +122,26 @@ def reread_winners(
                 why = f"reread: {item.reason}"
             continue
         source, data = item
-        if source not in sources:
+        left = missing.get(source)
+        if not left:
             continue
-        alerts, _ = decode_alerts(data, source)  # the first read dead-lettered any broken tail
-        for alert in alerts:
-            key = (alert.source, alert.candid)
-            if key in missing:
-                missing.discard(key)
-                yield alert
-    for source, candid in sorted(missing):
-        yield source, candid, why
+        try:
+            for alert in iter_alerts(data, source, path):
+                key = (alert.source, alert.candid, alert.object_id, alert.jd)
+                if key in left:
+                    left.discard(key)
+                    yield alert
+                    if not left:
+                        break
+        except AlertDecodeError:  # the first read dead-lettered the broken tail already
+            pass
+        if not left:
+            del missing[source]
+            if not missing:
+                break  # stop streaming the archive
+    for left in missing.values():
+        for w in sorted(left):
+            yield w, why
 
 
 class _History(beam.DoFn):
@@ -134,9 +158,9 @@ class _History(beam.DoFn):
 
 
 def _winner_by_path(item: tuple[str, Iterable[Sighting]]) -> Iterator[Any]:
-    _, sightings = item
+    object_id, sightings = item
     first, later = earliest(sightings)
-    yield source_path(first.source), (first.source, first.candid)
+    yield first.path, (first.source, first.candid, object_id, first.jd)
     for s in later:
         yield beam.pvalue.TaggedOutput(SKIPPED, (SKIP_NOT_FIRST_IN_INPUT, s.candid))
 
@@ -146,7 +170,7 @@ class _Reread(beam.DoFn):
         self.reread = Metrics.counter(METRICS_NAMESPACE, "alerts_reread")
         self.dead = Metrics.counter(METRICS_NAMESPACE, f"dead_letters_{STAGE_SELECT}")
 
-    def process(self, item: tuple[str, Iterable[tuple[str, int]]]) -> Iterator[Any]:
+    def process(self, item: tuple[str, Iterable[Wanted]]) -> Iterator[Any]:
         path, wanted = item
         for found in reread_winners(path, wanted):
             if isinstance(found, Alert):
@@ -155,9 +179,9 @@ class _Reread(beam.DoFn):
                 yield found.slim()
             else:
                 self.dead.inc()
-                source, candid, reason = found
+                (source, candid, object_id, _), reason = found
                 yield beam.pvalue.TaggedOutput(
-                    DEAD_LETTERS, dead_letter(STAGE_SELECT, reason, source, b"", None, candid)
+                    DEAD_LETTERS, dead_letter(STAGE_SELECT, reason, source, b"", object_id, candid)
                 )
 
 
@@ -168,6 +192,10 @@ class SelectFirstDetections(beam.PTransform):
     ----------
     mode
         ``"first"`` or ``"all"``.
+    spread
+        Reshuffle the re-read alerts, so that the winners of one big archive (read by one worker)
+        are featurised and classified by all of them. For distributed runners: on the local
+        runner a reshuffle would hold every selected alert in memory again.
 
     Notes
     -----
@@ -176,11 +204,12 @@ class SelectFirstDetections(beam.PTransform):
     for the run.
     """
 
-    def __init__(self, mode: str = "first") -> None:
+    def __init__(self, mode: str = "first", spread: bool = False) -> None:
         super().__init__()
         if mode not in SELECT_MODES:
             raise ValueError(f"select mode {mode!r} not in {SELECT_MODES}")
         self.mode = mode
+        self.spread = spread
 
     def expand(self, alerts: beam.PCollection) -> dict[str, beam.PCollection]:
         if self.mode == "all":
@@ -200,5 +229,8 @@ class SelectFirstDetections(beam.PTransform):
             | "GroupFiles" >> beam.GroupByKey()
             | "Reread" >> beam.ParDo(_Reread()).with_outputs(DEAD_LETTERS, main="alerts")
         )
+        selected = reread.alerts
+        if self.spread:
+            selected = selected | "SpreadWinners" >> beam.Reshuffle()
         skipped = (history[SKIPPED], winners[SKIPPED]) | "AllSkipped" >> beam.Flatten()
-        return {"alerts": reread.alerts, SKIPPED: skipped, DEAD_LETTERS: reread[DEAD_LETTERS]}
+        return {"alerts": selected, SKIPPED: skipped, DEAD_LETTERS: reread[DEAD_LETTERS]}

@@ -171,7 +171,7 @@ def read_path(path: str) -> Iterator[tuple[str, bytes] | ReadError]:
         yield (path, data)
 
 
-def reread(source: str, candid: int | None = None) -> bytes:
+def reread(source: str, candid: int | None = None, path: str | None = None) -> bytes:
     """Best-effort raw bytes of one alert, for dead letters of alerts whose bytes were dropped.
 
     Parameters
@@ -180,6 +180,9 @@ def reread(source: str, candid: int | None = None) -> bytes:
         A path or ``archive!member`` as recorded on the alert.
     candid
         The alert's id, to cut its single-record container out of a multi-record file.
+    path
+        The file ``source`` was read from, when known (a path may contain ``!`` itself);
+        otherwise the text before the first ``!``.
 
     Returns
     -------
@@ -190,10 +193,11 @@ def reread(source: str, candid: int | None = None) -> bytes:
     """
     from transforms.alerts import decode_alerts
 
-    path, sep, _ = source.partition("!")
+    if path is None:
+        path = source.partition("!")[0]
     try:
         for item in read_path(path):
-            if isinstance(item, ReadError) or (sep and item[0] != source):
+            if isinstance(item, ReadError) or item[0] != source:
                 continue
             data = item[1]
             if candid is not None:
