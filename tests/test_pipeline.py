@@ -152,6 +152,36 @@ def test_select_all_dead_letters_every_bad_input(night, model_dir, tmp_path):
     assert summary["dead_letters"] == {"decode": 15, "stamps": 18}
 
 
+def test_winners_gone_before_the_reread_are_select_dead_letters(
+    first_run, night, model_dir, tmp_path, monkeypatch
+):
+    # Files that vanish between the two reads of --select first: their first detections become
+    # `select` dead letters and the run still reconciles (in-process runner: the patch applies).
+    import transforms.selection as selection
+    from transforms.sources import ReadError
+
+    winners = sorted(r["candid"] for r in _rows(first_run[0]))[:5]
+    gone = {str(night / f"{c}.avro") for c in winners}
+    assert all(Path(g).is_file() for g in gone)
+    real_read = selection.read_path
+
+    def vanished(path):
+        if path in gone:
+            yield ReadError(path, "unreadable: FileNotFoundError: gone")
+            return
+        yield from real_read(path)
+
+    monkeypatch.setattr(selection, "read_path", vanished)
+    summary = run(["--input", str(night), "--output", str(tmp_path), "--model", str(model_dir)])
+    assert summary["reconciled"]
+    assert summary["dead_letters"].get("select") == len(gone)
+    assert summary["classified"] == first_run[1]["classified"] - len(gone)
+    dead = [json.loads(x) for f in (tmp_path / "dead_letters").glob("*.jsonl") for x in f.open()]
+    select = sorted(d["candid"] for d in dead if d["stage"] == "select")
+    assert select == winners
+    assert all(d["reason"].startswith("reread: unreadable") for d in dead if d["stage"] == "select")
+
+
 def test_multi_process_runner(night, model_dir, tmp_path):
     # Proof that every DoFn and the model handler pickle and set up in worker processes.
     summary = run(
