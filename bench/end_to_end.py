@@ -93,23 +93,20 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and all its descendants [bytes] (0 once it is gone)."""
-    total = 0
+def tree_memory(pid: int) -> tuple[int, int]:
+    """Memory of ``pid`` and all its descendants, in one walk of the process tree.
+
+    Returns
+    -------
+    (int, int)
+        The resident memory summed over the tree now, and the largest ``VmHWM`` (a process's peak
+        resident memory since ``exec``) in it [bytes]; zeros once the tree is gone.
+    """
+    total = largest = 0
     for p in _tree(pid):
         try:
             with open(f"/proc/{p}/statm", "rb") as f:
                 total += int(f.read().split()[1]) * _PAGE
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
-def largest_peak_bytes(pid: int) -> int:
-    """The largest ``VmHWM`` (peak resident memory since ``exec``) in ``pid``'s tree [bytes]."""
-    largest = 0
-    for p in _tree(pid):
-        try:
             with open(f"/proc/{p}/status", "rb") as f:
                 for line in f:
                     if line.startswith(b"VmHWM:"):
@@ -117,7 +114,7 @@ def largest_peak_bytes(pid: int) -> int:
                         break
         except (OSError, IndexError, ValueError):
             pass
-    return largest
+    return total, largest
 
 
 def run_pipeline(
@@ -171,8 +168,8 @@ def run_pipeline(
     def sample() -> None:
         nonlocal peak, largest
         while not stop.is_set():
-            peak = max(peak, tree_rss_bytes(proc.pid))
-            largest = max(largest, largest_peak_bytes(proc.pid))
+            rss, hwm = tree_memory(proc.pid)
+            peak, largest = max(peak, rss), max(largest, hwm)
             stop.wait(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)

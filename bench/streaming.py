@@ -153,16 +153,22 @@ def measure(
     from pipeline.run_job import add_arguments
     from pipeline.streaming import start_streaming
     from transforms.alerts import decode_alerts
+    from transforms.rules import history_skip_reason
 
     reason = missing_requirements()
     if reason:
         raise RuntimeError(reason)
+    # One pass over the night: the message of each candid, and the objects with a first
+    # detection (one row each; simulated nights hold nothing broken).
     source_of: dict[int, str] = {}
+    first: set[str] = set()
     for item in containers([str(night)]):
         if isinstance(item, tuple):
             for alert in decode_alerts(item[1], item[0])[0]:
                 source_of.setdefault(alert.candid, item[0])
-    expected = _expected_rows(night)
+                if history_skip_reason(alert.candidate, alert.prv_candidates) is None:
+                    first.add(alert.object_id)
+    expected = len(first)
     results = []
     log = Path(tempfile.mkdtemp(prefix="pubsub-")) / "emulator.log"
     with PubSubEmulator.start(log) as emulator:
@@ -226,23 +232,6 @@ def measure(
             else:
                 os.environ["PUBSUB_EMULATOR_HOST"] = saved
     return results
-
-
-def _expected_rows(night: str | Path) -> int:
-    """Objects with a first detection in ``night``: one row each (simulated, nothing broken)."""
-    from transforms.alerts import decode_alerts
-    from transforms.rules import history_skip_reason
-    from transforms.sources import expand_pattern, read_path
-
-    first: dict[str, int] = {}
-    for path in expand_pattern(str(night)):
-        for item in read_path(path):
-            if not isinstance(item, tuple):
-                continue
-            for a in decode_alerts(item[1], item[0])[0]:
-                if history_skip_reason(a.candidate, a.prv_candidates) is None:
-                    first[a.object_id] = a.candid
-    return len(first)
 
 
 def format_markdown(results: Sequence[dict[str, Any]]) -> str:

@@ -101,11 +101,6 @@ def model_dirs_newest_first(pattern: str) -> list[str]:
     return [os.path.dirname(m.path) for m in matches]
 
 
-def newest_model_dir(pattern: str) -> str | None:
-    """The newest model directory matching ``pattern`` (see :func:`model_dirs_newest_first`)."""
-    return next(iter(model_dirs_newest_first(pattern)), None)
-
-
 class WatchedModel:
     """A loaded SavedModel that swaps itself for the newest version matching a glob.
 
@@ -119,7 +114,7 @@ class WatchedModel:
     Parameters
     ----------
     pattern
-        As for :func:`newest_model_dir`.
+        As for :func:`model_dirs_newest_first`.
     model_dir
         The version to serve until the glob matches something.
     interval_s

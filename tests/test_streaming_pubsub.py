@@ -221,13 +221,16 @@ def _version(src: Path, dst: Path, version: str, mtime: float, **changes) -> Pat
 
 
 def test_newest_model_dir_is_the_latest_metadata(model_dir, tmp_path):
-    from model.handler import newest_model_dir
+    from model.handler import model_dirs_newest_first
 
     pattern = str(tmp_path / "models" / "*" / METADATA_FILE)
-    assert newest_model_dir(pattern) is None
+    assert model_dirs_newest_first(pattern) == []
     _version(model_dir, tmp_path / "models" / "b", "1", 1_000)
     _version(model_dir, tmp_path / "models" / "a", "2", 2_000)
-    assert newest_model_dir(pattern) == str(tmp_path / "models" / "a")
+    assert model_dirs_newest_first(pattern) == [
+        str(tmp_path / "models" / "a"),
+        str(tmp_path / "models" / "b"),
+    ]
 
 
 def test_watched_model_swaps_to_new_versions_and_skips_bad_ones(model_dir, night, tmp_path):
