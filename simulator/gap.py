@@ -1186,24 +1186,38 @@ def plot_histograms(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     names = [n for n in names if n in real and n in sim]
     nrows = max(1, math.ceil(len(names) / ncols))
-    fig = Figure(figsize=(3.0 * ncols, 2.3 * nrows + 0.6), dpi=90, layout="constrained")
+    # No constrained layout: with ~50 panels it costs more than drawing them.
+    height = 2.1 * nrows + 0.8
+    fig = Figure(figsize=(3.0 * ncols, height), dpi=90)
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.3 / height, top=1 - 0.75 / height, wspace=0.08, hspace=0.5
+    )
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, name in zip(axes, names, strict=False):
         r, s = _finite(real[name]), _finite(sim[name])
         ra = _finite(real_all[name]) if real_all is not None and name in real_all else None
         d = ks_statistic(r, s)
         pooled = np.concatenate([r[r != SENTINEL], s[s != SENTINEL]])
-        ax.set_title(f"{name}  KS {d:.2f}", fontsize=9)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(5))  # fewer tick labels: most of the drawing time
         ax.set_yticks([])
         if pooled.size == 0:
+            ax.set_title(f"{name}  KS {d:.2f}", fontsize=9)
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
             continue
         lo, hi = np.percentile(pooled, [1, 99])
+        # positive, spanning decades and right-skewed (scorr, peak S/N): histogram of log10
+        log = bool(lo > 0 and hi / lo > 100 and np.median(pooled) - lo < 0.1 * (hi - lo))
+        if log:
+            r, s = _log10_keep_sentinel(r), _log10_keep_sentinel(s)
+            ra = _log10_keep_sentinel(ra) if ra is not None else None
+            lo, hi = np.log10(lo), np.log10(hi)
+        ax.set_title(f"{name}{' (log10)' if log else ''}  KS {d:.2f}", fontsize=9)
         if not hi > lo:
             lo, hi = lo - 0.5, hi + 0.5
         edges = np.linspace(lo, hi, 31)
@@ -1238,11 +1252,19 @@ def plot_histograms(
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside upper right", ncols=3, fontsize=9)
-    fig.suptitle(title, fontsize=11)
+        fig.legend(handles, labels, loc="upper right", ncols=3, fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=11, x=0.01, ha="left")
     out = Path(path)
     fig.savefig(out, format="png")
     return out
+
+
+def _log10_keep_sentinel(a: np.ndarray) -> np.ndarray:
+    """log10 of the positive values; -999 stays -999 (so it is still counted as the sentinel)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log10(a)
+    out[a == SENTINEL] = SENTINEL
+    return out[np.isfinite(out)]
 
 
 def _feature_plot_names(real: AlertTable, sim: AlertTable) -> list[str]:
@@ -1366,6 +1388,13 @@ def run_gap(
     if reference is not None and labels is None:
         raise GapError("--reference needs the simulation's labels.csv (--labels)")
     label_map = read_sim_labels(labels) if labels else None
+    if reference is not None:
+        from model.handler import ModelDirError, read_metadata
+
+        try:
+            read_metadata(reference)  # fail before the long part
+        except ModelDirError as e:
+            raise GapError(str(e)) from e
     sim_table = load_alert_table(sim, max_alerts)
     try:
         real_table = load_alert_table(real, max_alerts)
