@@ -12,8 +12,19 @@
 5. Export the SavedModel with the transform embedded, reload it, and evaluate it on the test split:
    ``report.json`` and pictures in ``OUT/evaluation``.
 
+``--init-from MODEL`` fine-tunes an exported model (e.g. a small labelled real set on top of the
+simulated default or an imported ALeRCE model): the network is built with MODEL's architecture
+(kernel, crop, features, images-only; conflicting flags are refused), starts from MODEL's weights
+(copied by layer and variable name, the scope names of :data:`model.network.LAYER_NAMES` that the
+ALeRCE import also maps onto), and keeps MODEL's preprocessing: the z-score statistics are MODEL's
+own, as fixed transform constants (the path ``import-alerce`` uses), not refitted on the small set
+(``--init-stats refit`` refits them). The validation loss is also measured before the first step,
+so the starting weights are kept when no step improves on them.
+
     stampflow train --alerts train_night/ --labels train_night/labels.csv --out models/mine \\
         --max-minutes 25
+    stampflow train --alerts real/ --labels real/labels.csv --out models/tuned \\
+        --init-from model/default --lr 1e-4 --val-per-class 10 --test-per-class 10 --max-steps 500
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -35,7 +47,56 @@ import numpy as np
 
 from transforms.schema import CLASS_NAMES, FEATURES_ALERCE_26, FEATURES_PRODUCTION
 
+__all__ = [
+    "FEATURE_SETS",
+    "Dataset",
+    "HParams",
+    "InitModel",
+    "TrainError",
+    "add_arguments",
+    "assign_weights",
+    "evaluate_command",
+    "evaluate_model",
+    "load_dataset",
+    "load_init_model",
+    "probe_feature_stats",
+    "read_labels",
+    "register",
+    "resolve_architecture",
+    "split_by_object",
+    "train",
+    "train_network",
+]
+
 FEATURE_SETS = {"production": FEATURES_PRODUCTION, "alerce26": FEATURES_ALERCE_26}
+#: Architecture flags when neither given nor taken from ``--init-from``.
+DEFAULT_KERNEL, DEFAULT_CROP, DEFAULT_FEATURES = 5, 21, "production"
+
+
+class TrainError(ValueError):
+    """A user's mistake in the training flags (refused with one line, exit code 2)."""
+
+
+@dataclass(frozen=True)
+class InitModel:
+    """What fine-tuning takes from an exported model (``--init-from``).
+
+    Attributes
+    ----------
+    path
+        The model directory.
+    metadata
+        Its ``stampflow_model.json``.
+    weights
+        ``{"layer/variable": array}`` of its network (e.g. ``"conv_1_1/kernel"``).
+    feature_stats
+        ``{feature: {"mean", "std"}}``: the z-score statistics its transform applies.
+    """
+
+    path: str
+    metadata: dict[str, Any]
+    weights: dict[str, np.ndarray]
+    feature_stats: dict[str, dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -53,6 +114,220 @@ class HParams:
     base_steps: int = 30_000
     extend_after: int = 20_000
     extend_by: int = 10_000
+
+
+def resolve_architecture(
+    kernel: int | None,
+    crop: int | None,
+    features: str | None,
+    images_only: bool | None,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[int, int, tuple[str, ...], bool]:
+    """The architecture to train: the flags, or an ``--init-from`` model's (which they must match).
+
+    Parameters
+    ----------
+    kernel, crop, features, images_only
+        ``--kernel``, ``--crop``, ``--features`` (a :data:`FEATURE_SETS` name) and
+        ``--images-only``; None when not given.
+    metadata
+        The ``--init-from`` model's ``stampflow_model.json``, or None to train from scratch.
+
+    Returns
+    -------
+    (kernel, crop, feature_names, images_only)
+
+    Raises
+    ------
+    TrainError
+        When a given flag differs from the model's architecture.
+
+    Examples
+    --------
+    >>> resolve_architecture(None, None, None, None)[:2]
+    (5, 21)
+    >>> meta = {"architecture": {"kernel_size": 3}, "crop": 21, "features": ["fwhm"],
+    ...         "images_only": False}
+    >>> resolve_architecture(None, 21, None, None, meta)
+    (3, 21, ('fwhm',), False)
+    """
+    if metadata is None:
+        return (
+            DEFAULT_KERNEL if kernel is None else kernel,
+            DEFAULT_CROP if crop is None else crop,
+            tuple(FEATURE_SETS[features or DEFAULT_FEATURES]),
+            bool(images_only),
+        )
+    model = (
+        int(metadata["architecture"]["kernel_size"]),
+        int(metadata["crop"]),
+        tuple(metadata["features"]),
+        bool(metadata["images_only"]),
+    )
+    named = next((n for n, f in FEATURE_SETS.items() if tuple(f) == model[2]), "its own list")
+    conflicts = []
+    if kernel is not None and kernel != model[0]:
+        conflicts.append(f"--kernel {kernel} (the model's is {model[0]})")
+    if crop is not None and crop != model[1]:
+        conflicts.append(f"--crop {crop} (the model's is {model[1]})")
+    if features is not None and tuple(FEATURE_SETS[features]) != model[2]:
+        conflicts.append(f"--features {features} (the model's are {named})")
+    if images_only and not model[3]:
+        conflicts.append("--images-only (the model uses the metadata features)")
+    if conflicts:
+        raise TrainError(
+            f"--init-from builds the model's own architecture; conflicting: {'; '.join(conflicts)}"
+        )
+    return model
+
+
+def probe_feature_stats(
+    transform: Any, feature_names: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """The z-score statistics a fitted transform applies, read back by feeding it two points.
+
+    The transform computes ``(clip(x) - mean) / std`` per feature, so two raw values ``a ≠ b``
+    inside the clipping bounds give ``std = (b - a) / (xf(b) - xf(a))`` and
+    ``mean = a - xf(a) · std``. A first probe at 0 and 1 gives rough values; a second one at
+    ``a ≈ mean`` and ``b ≈ mean ± std`` (``xf`` near 0 and 1, where float32 loses nothing to
+    cancellation) gives them to float32 precision. A constant training feature (std 0) is only
+    centred by the transform and comes back as std 1, which fixed statistics treat the same way.
+
+    Parameters
+    ----------
+    transform
+        ``transform(features [2, F], stamps [2, 63, 63, 3]) -> features_xf [2, F]`` (numpy).
+    feature_names
+        Feature order.
+
+    Returns
+    -------
+    dict
+        ``{feature: {"mean": m, "std": s}}``.
+    """
+    from transforms.features import clip_bounds
+
+    lo, hi = (np.asarray(b, np.float64) for b in clip_bounds(tuple(feature_names)))
+    stamps = np.zeros((2, 63, 63, 3), np.float32)
+    a = np.clip(0.0, lo, hi)
+    b = np.where(a + 1 <= hi, a + 1, a - 1)
+    for _ in range(2):
+        points = np.stack([a, b]).astype(np.float32)
+        xf = np.asarray(transform(points, stamps), np.float64)
+        a, b = points.astype(np.float64)  # the values the transform saw
+        std = (b - a) / (xf[1] - xf[0])
+        mean = a - xf[0] * std
+        a = np.clip(mean, lo, hi)
+        up, down = a + std, a - std
+        b = np.where(up <= hi, up, np.where(down >= lo, down, np.where(hi - a >= a - lo, hi, lo)))
+    return {
+        n: {"mean": float(m), "std": float(s)}
+        for n, m, s in zip(feature_names, mean, std, strict=True)
+    }
+
+
+def load_init_model(model_dir: str) -> InitModel:
+    """Read an exported model for fine-tuning: metadata, network weights, z-score statistics.
+
+    The weights are the variables its serving signature captures, named by the Keras layer and
+    variable (``conv_1_1/kernel``, ``batchnorm_features/moving_mean``). The statistics are the
+    metadata's ``feature_stats`` when recorded (imported ALeRCE models, models trained since it is
+    recorded), else read back from the embedded transform with :func:`probe_feature_stats`.
+
+    Parameters
+    ----------
+    model_dir
+        An exported stampflow model directory.
+
+    Returns
+    -------
+    InitModel
+
+    Raises
+    ------
+    model.handler.ModelDirError
+        When the directory holds no stampflow model.
+    TrainError
+        When its transform statistics cannot be read back.
+    """
+    import tensorflow as tf
+
+    from model.handler import read_metadata
+
+    meta = read_metadata(model_dir)
+    loaded = tf.saved_model.load(model_dir)
+    variables = loaded.signatures["serving_default"].variables
+    weights = {v.name.rsplit(":", 1)[0]: v.numpy() for v in variables}
+    features = list(meta["features"])
+    stats = meta.get("feature_stats")
+    if not stats or any(f not in stats for f in features):
+        layer = getattr(loaded, "tft_layer", None)
+        call = getattr(layer, "call_and_return_all_conditional_losses", None)
+        if call is None:
+            raise TrainError(
+                f"cannot read the transform statistics of {model_dir}; pass --init-stats refit"
+            )
+
+        def transform(f: np.ndarray, s: np.ndarray) -> np.ndarray:
+            out = call({"features": tf.constant(f), "stamps": tf.constant(s)})[0]
+            return out["features_xf"].numpy()
+
+        stats = probe_feature_stats(transform, features)
+    stats = {f: {"mean": float(stats[f]["mean"]), "std": float(stats[f]["std"])} for f in features}
+    return InitModel(model_dir, meta, weights, stats)
+
+
+def assign_weights(net: Any, weights: dict[str, np.ndarray], images_only: bool) -> int:
+    """Copy ``{"layer/variable": array}`` onto the network, layer by layer.
+
+    Walks the roles of :data:`model.network.LAYER_NAMES` (as :func:`model.alerce.
+    load_checkpoint_into` does for ALeRCE's TF1 scopes), so every trainable layer and the
+    BatchNorm statistics are set, and every source variable is used.
+
+    Parameters
+    ----------
+    net
+        A network from :func:`model.network.build_network`.
+    weights
+        Source variables by ``layer/variable`` name.
+    images_only
+        Whether ``net`` is the images-only variant (no ``dense3``, no feature BatchNorm).
+
+    Returns
+    -------
+    int
+        Variables copied.
+
+    Raises
+    ------
+    TrainError
+        On a missing, unused or differently shaped variable.
+    """
+    from model.network import LAYER_NAMES, LAYER_NAMES_IMAGES_ONLY
+
+    names = LAYER_NAMES_IMAGES_ONLY if images_only else LAYER_NAMES
+    used: set[str] = set()
+    for role, layer_name in names.items():
+        if images_only and role in ("dense3", "batchnorm"):
+            continue
+        layer = net.get_layer(layer_name)
+        values = []
+        for w in layer.weights:
+            key = f"{layer_name}/{w.name}"
+            if key not in weights:
+                raise TrainError(f"--init-from model has no variable {key}")
+            if tuple(weights[key].shape) != tuple(w.shape):
+                raise TrainError(
+                    f"--init-from variable {key} has shape {tuple(weights[key].shape)}, "
+                    f"the network needs {tuple(w.shape)}"
+                )
+            values.append(weights[key])
+            used.add(key)
+        layer.set_weights(values)
+    unused = sorted(set(weights) - used)
+    if unused:
+        raise TrainError(f"--init-from model has variables the network lacks: {unused[:5]}")
+    return len(used)
 
 
 @dataclass
@@ -192,6 +467,7 @@ def train_network(
     max_steps: int | None = None,
     max_minutes: float | None = None,
     log=print,
+    initial_weights: dict[str, np.ndarray] | None = None,
 ):
     """Train the network on transformed inputs; return (network, config, history).
 
@@ -209,6 +485,9 @@ def train_network(
         Budgets that stop training early (the best weights so far are kept).
     log
         Progress printer.
+    initial_weights
+        ``{"layer/variable": array}`` to start from (``--init-from``, see :func:`assign_weights`)
+        instead of the seeded random initialisation.
     """
     import keras
     import tensorflow as tf
@@ -224,6 +503,8 @@ def train_network(
         dropout=hp.dropout,
     )
     net = build_network(config)
+    if initial_weights is not None:
+        assign_weights(net, initial_weights, images_only=config.n_features == 0)
     optimizer = keras.optimizers.Adam(hp.learning_rate, beta_1=0.5, beta_2=0.9)
     loss_fn = entropy_regularized_loss(hp.beta)
     n_classes = len(CLASS_NAMES)
@@ -250,8 +531,9 @@ def train_network(
     batches = _balanced_batches(ty, hp.batch_size, rng)
     limit = hp.base_steps if max_steps is None else min(hp.base_steps, max_steps)
     deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
-    best, best_step, best_weights = math.inf, 0, net.get_weights()
-    history: list[dict[str, float]] = []
+    # The starting weights are a candidate too: a fine-tune that never improves keeps them.
+    best, best_step, best_weights = float(val_loss(vf, vs, vy)), 0, net.get_weights()
+    history: list[dict[str, float | None]] = [{"step": 0, "train_loss": None, "val_loss": best}]
     started = time.monotonic()
     it = 0
     stop_reason = "paper rule"
@@ -318,17 +600,24 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     from model.export import apply_transform, export_model, fit_transform
 
     log = print
+    init_meta = None
+    if args.init_from:
+        from model.handler import read_metadata
+
+        init_meta = read_metadata(args.init_from)  # cheap: refuse conflicts before any work
+    kernel, crop, feature_names, images_only = resolve_architecture(
+        args.kernel, args.crop, args.features, args.images_only, init_meta
+    )
     hp = HParams(
         learning_rate=args.lr,
         beta=args.beta,
         batch_size=args.batch_size,
         dropout=args.dropout,
-        kernel_size=args.kernel,
-        crop=args.crop,
-        images_only=args.images_only,
+        kernel_size=kernel,
+        crop=crop,
+        images_only=images_only,
         val_every=args.val_every,
     )
-    feature_names = FEATURE_SETS[args.features]
     labels = read_labels(args.labels)
     t0 = time.monotonic()
     data, counts = load_dataset(args.alerts, labels, feature_names)
@@ -343,13 +632,37 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         for s, i in (("train", tr), ("val", va), ("test", te))
     }
     log(f"split by object: {per_class} (classes {', '.join(CLASS_NAMES)})")
+    if not len(tr) or not len(va):
+        raise TrainError(
+            f"{'no training' if not len(tr) else 'no validation'} examples after the split "
+            f"{per_class}; lower --val-per-class / --test-per-class"
+        )
+    init = load_init_model(args.init_from) if args.init_from else None
+    fixed_stats = init.feature_stats if init is not None and args.init_stats == "model" else None
     out = Path(args.out)
     scratch = Path(tempfile.mkdtemp(prefix="stampflow-train-"))
     try:
         transform_dir = str(scratch / "transform")
         t0 = time.monotonic()
-        fit_transform(data.features[tr], data.stamps[tr], feature_names, transform_dir, hp.crop)
-        log(f"fitted the tf.Transform graph on {len(tr)} examples in {time.monotonic() - t0:.0f} s")
+        if fixed_stats is not None:
+            # The model's own statistics as fixed constants (as import-alerce): no analyzer runs,
+            # two dummy rows suffice.
+            fit_transform(
+                np.zeros((2, len(feature_names)), np.float32),
+                np.zeros((2, 63, 63, 3), np.float32),
+                feature_names,
+                transform_dir,
+                hp.crop,
+                stats=fixed_stats,
+            )
+            log(f"transform with the z-score statistics of {args.init_from}")
+        else:
+            fit_transform(data.features[tr], data.stamps[tr], feature_names, transform_dir, hp.crop)
+            seconds = time.monotonic() - t0
+            log(f"fitted the tf.Transform graph on {len(tr)} examples in {seconds:.0f} s")
+        feature_stats = fixed_stats or probe_feature_stats(
+            lambda f, s: apply_transform(transform_dir, f, s)[0], feature_names
+        )
         xf = {}
         for name, idx in (("train", tr), ("val", va)):
             f, s = apply_transform(transform_dir, data.features[idx], data.stamps[idx])
@@ -363,9 +676,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             args.max_steps,
             args.max_minutes,
             log,
+            initial_weights=init.weights if init is not None else None,
         )
+        training = dict(history["summary"])
+        started_from = ""
+        if init is not None:
+            training["init_from"] = {
+                "name": init.metadata["name"],
+                "version": init.metadata["version"],
+                "path": str(init.path),
+                "feature_stats": args.init_stats,
+            }
+            started_from = (
+                f"fine-tuned from {init.metadata['name']} {init.metadata['version']} "
+                f"({init.path}), "
+            )
         description = args.description or (
-            f"trained on {len(tr)} alerts from {', '.join(args.alerts)} "
+            f"{started_from}trained on {len(tr)} alerts from {', '.join(args.alerts)} "
             f"(labels {os.path.basename(args.labels)})"
         )
         meta = export_model(
@@ -377,7 +704,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             args.name,
             args.version,
             description,
-            {"hyperparameters": asdict(hp), "training": history["summary"], "splits": per_class},
+            {
+                "hyperparameters": asdict(hp),
+                "training": training,
+                "splits": per_class,
+                "feature_stats": feature_stats,
+            },
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -401,10 +733,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alerts", nargs="+", required=True, help="alert files/dirs/archives")
     parser.add_argument("--labels", required=True, help="CSV with candid, objectId, class")
     parser.add_argument("--out", required=True, help="model directory to write")
-    parser.add_argument("--features", choices=sorted(FEATURE_SETS), default="production")
-    parser.add_argument("--images-only", action="store_true", help="no metadata branch")
-    parser.add_argument("--kernel", type=int, choices=(3, 5, 7), default=5)
-    parser.add_argument("--crop", type=int, choices=(21, 41, 63), default=21)
+    parser.add_argument(
+        "--features",
+        choices=sorted(FEATURE_SETS),
+        default=None,
+        help=f"feature list (default {DEFAULT_FEATURES}, or the --init-from model's)",
+    )
+    parser.add_argument(
+        "--images-only", action="store_true", default=None, help="no metadata branch"
+    )
+    parser.add_argument(
+        "--kernel",
+        type=int,
+        choices=(3, 5, 7),
+        default=None,
+        help=f"k of the k×k convolutions (default {DEFAULT_KERNEL}, or the --init-from model's)",
+    )
+    parser.add_argument(
+        "--crop",
+        type=int,
+        choices=(21, 41, 63),
+        default=None,
+        help=f"stamp crop (default {DEFAULT_CROP}, or the --init-from model's)",
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="MODEL",
+        help="fine-tune an exported model: its architecture, weights and preprocessing",
+    )
+    parser.add_argument(
+        "--init-stats",
+        choices=("model", "refit"),
+        default="model",
+        help="with --init-from: keep the model's z-score statistics (default) or refit them",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--beta", type=float, default=0.5, help="entropy regulariser weight")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -456,4 +819,13 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         name, help="train, evaluate and export a model", description=__doc__.split("\n\n")[0]
     )
     add_arguments(parser)
-    parser.set_defaults(func=lambda a: train(a) and 0)
+
+    def _main(args: argparse.Namespace) -> int:
+        try:
+            train(args)
+        except TrainError as e:
+            print(f"stampflow {name}: {e}", file=sys.stderr)
+            return 2
+        return 0
+
+    parser.set_defaults(func=_main)
