@@ -20,6 +20,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("model.train", "train, evaluate and export a model on labelled alerts"),
     "evaluate": ("model.train", "evaluate an exported model on labelled alerts"),
     "import-alerce": ("model.alerce", "import an ALeRCE TF1 checkpoint as a stampflow model"),
+    "compare": ("model.compare", "agreement of a model with a reference model on real alerts"),
+    "label": ("model.label", "labels.csv for real alerts by catalogue cross-match (as ALeRCE did)"),
+    "gap": ("simulator.gap", "domain-gap report: simulated vs real alerts (features, images, AUC)"),
     "bench": ("bench.cli", "measure throughput per stage and end to end against the baseline"),
     "publish": ("pipeline.publish", "replay alert files into a Pub/Sub topic"),
     "decode": ("pipeline.decode_job", "decode alert files/archives and summarise them (no model)"),
@@ -56,7 +59,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 #: Subcommands that load TensorFlow (its start-up chatter is silenced unless --verbose).
-_TF_COMMANDS = frozenset({"run", "train", "evaluate", "import-alerce", "bench"})
+_TF_COMMANDS = frozenset({"run", "train", "evaluate", "import-alerce", "bench", "compare"})
+#: Subcommands that load TensorFlow only when given one of these flags.
+_TF_WITH_FLAG = {"gap": "--reference"}
 
 
 def silence_tensorflow_startup() -> None:
@@ -85,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``stampflow``; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    if chosen in _TF_COMMANDS and "--verbose" not in argv:
+    needs_tf = chosen in _TF_COMMANDS or _TF_WITH_FLAG.get(chosen or "", "\0") in argv
+    if needs_tf and "--verbose" not in argv:
         silence_tensorflow_startup()
     parser = build_parser(argv)
     # Jobs that run a Beam pipeline accept Beam's own options (--runner, --project, ...) unparsed.
