@@ -214,8 +214,15 @@ def test_vs_and_agn_flux_in_reference(clean):
         isdiffpos = [c["isdiffpos"] for c in d["cand"]]
         assert 0.2 < isdiffpos.count("f") / len(isdiffpos) < 0.8, cls  # fading detections exist
     sg_vs = np.median([c["sgscore1"] for c in clean["VS"]["cand"]])
-    sg_agn = np.median([c["sgscore1"] for c in clean["AGN"]["cand"]])
-    assert sg_vs > 0.85 and sg_agn < 0.3
+    assert sg_vs > 0.85
+    # AGN: quasars are point sources in PS1, nuclei in visible hosts score lower; either way the
+    # nearest reference source (the nucleus) is point-like (chinr ~ 1, as in real ALeRCE AGN).
+    agn = clean["AGN"]
+    sg = np.array([c["sgscore1"] for c in agn["cand"]])
+    hosted = np.array([s == "hosted" for s in agn["sub"]])
+    assert 0.2 < hosted.mean() < 0.5
+    assert np.median(sg[~hosted]) > 0.7 > np.median(sg[hosted])
+    assert np.median([c["chinr"] for c in agn["cand"]]) < 1.5
 
 
 def test_asteroids_science_only_and_known_objects(clean):
@@ -248,7 +255,8 @@ def test_cosmic_rays_sharper_than_psf(clean):
     assert cr.sum() > 20
     s_cr = sharpness(b["diff"][cr])
     s_sn = sharpness(clean["SN"]["diff"])
-    assert np.median(s_cr) > 2 * np.median(s_sn)
+    # Faint cosmic rays (down to the detection limit, as real bogus are) dilute the peak with noise.
+    assert np.median(s_cr) > 1.6 * np.median(s_sn)
     fwhm_cr = np.median([c["fwhm"] for c, k in zip(b["cand"], cr, strict=True) if k])
     assert fwhm_cr < np.median([c["fwhm"] for c in clean["SN"]["cand"]])
 
@@ -279,8 +287,10 @@ def test_magnitudes_consistent_with_difference_flux(clean):
     # A r=3 px aperture holds ~70-90% of a Moffat PSF's flux.
     assert 0.6 < np.median(ratio) < 1.0
     assert np.all(mag < lim + 0.1)  # detections are above the 5-sigma limit
+    # The 5-sigma cut is on the limit; sigmapsf carries up to 30% more error, as in real alerts
+    # (their 1.0857 / sigmapsf is 0.6-0.9 of the S/N implied by diffmaglim for faint ones).
     snr = 1.0857 / np.array([c["sigmapsf"] for c in d["cand"]])
-    assert np.all(snr > 4.9)
+    assert np.all(snr > 5 / 1.3 - 0.01)
 
 
 def test_repeat_detections_carry_history(night):
