@@ -19,8 +19,9 @@ themselves are not kept). Then:
   goals (>= 0.85 balanced, >= 0.75 for every class and subtype);
 - ``OUT/report.json``, ``OUT/gap_features.png`` and ``OUT/gap_images.png``.
 
-Population matching: ``stampflow run`` classifies first detections and the simulator writes them by
-default, but most real alerts at hand are repeat detections with long histories. An alert is a
+Population matching: ``stampflow run`` classifies first detections; the simulator writes alerts
+across each class's history (about half are first detections) and most real alerts at hand are
+repeat detections with long histories. An alert is a
 *first detection* here by the production rule (:func:`transforms.rules.history_skip_reason`): no
 earlier detection in its ``prv_candidates``. The comparison and the discriminator use the first
 detections of both sets when the real set holds at least :data:`MIN_MATCHED` of them (else

@@ -39,8 +39,8 @@ ZTF_START_JD = 2458194.5  # 2018-03-20, start of survey operations
 #: (difference) [ratio].
 EXTRA_NOISE = 1.05
 #: Real ZTF PSF-fit flux errors exceed the white-noise ideal (correlated noise of the PSF-matched
-#: difference, PSF mismatch): with 1.75 the simulated 5-sigma limits ``diffmaglim`` have the real
-#: median (20.3 mag over all real alerts, 20.2 in ALeRCE's training set) [ratio].
+#: difference, PSF mismatch): with 1.75 the simulated 5-sigma limits ``diffmaglim`` have median
+#: 20.7 mag, as the real first detections (20.65; 20.3 over all real alerts) [ratio].
 PSF_ERR_FACTOR = 1.75
 #: Floor of ``sigmapsf`` [mag]: bright real alerts never go below ~0.015-0.02 mag (calibration).
 SIGMAPSF_FLOOR = 0.017
@@ -286,7 +286,9 @@ def sample_objects(cls: np.ndarray, jd: np.ndarray, rng: np.random.Generator) ->
     # Keep the candidate position clear where the class needs "no source in the reference".
     clear = (is_["SN"] | is_["asteroid"] | is_["bogus"])[:, None] & (np.hypot(sdx, sdy) < 5.0)
     smag = np.where(live & ~clear, smag, np.inf)
-    ssg = np.where(rng.random((m, k)) < 0.9, rng.uniform(0.85, 1.0, (m, k)), rng.uniform(0, 0.3))
+    ssg = np.where(
+        rng.random((m, k)) < 0.9, rng.uniform(0.85, 1.0, (m, k)), rng.uniform(0, 0.3, (m, k))
+    )
 
     kind = np.zeros(m, dtype=int)
     mag_ref, mag_delta = inf.copy(), np.zeros(m)
@@ -302,7 +304,7 @@ def sample_objects(cls: np.ndarray, jd: np.ndarray, rng: np.random.Generator) ->
 
     # AGN: a nucleus in both images, usually at the centre of a visible host galaxy.
     a = is_["AGN"]
-    # Half are quasars without a visible host (point-like in PS1: ALeRCE's AGN class is built
+    # Two thirds are quasars without a visible host (point-like in PS1: ALeRCE's AGN class is built
     # from quasar catalogues, and its real AGN have sgscore1 ~ 1 and chinr ~ 0.6).
     with_host = a & (rng.random(m) < 0.35)
     kind[with_host] = 1
@@ -342,10 +344,10 @@ def sample_objects(cls: np.ndarray, jd: np.ndarray, rng: np.random.Generator) ->
         return g[bk == BOGUS_KINDS.index(name)]
 
     cr, hp, bc = sel("cosmic_ray"), sel("hot_pixel"), sel("bad_column")
-    # Amplitudes [DN] reach down to the detection threshold: real bogus are faint (sigmapsf median
-    # 0.145 mag among the real alerts ALeRCE calls bogus), not only blazing pixels.
-    art_amp[cr], art_size[cr] = _loguniform(40, 1000, cr.size, rng), rng.integers(0, 4, cr.size)
-    art_amp[hp] = _loguniform(40, 2000, hp.size, rng)
+    # Amplitudes [DN] start near the 5-sigma PSF-fit threshold (~100 DN for one pixel): real
+    # bogus are faint (sigmapsf median 0.145 mag among the real alerts ALeRCE calls bogus).
+    art_amp[cr], art_size[cr] = _loguniform(100, 1500, cr.size, rng), rng.integers(0, 4, cr.size)
+    art_amp[hp] = _loguniform(100, 3000, hp.size, rng)
     art_amp[bc] = rng.uniform(40, 300, bc.size)
     sat, dip, gh = sel("saturation"), sel("dipole"), sel("ghost")
     mag_ref[sat], art_size[sat] = rng.uniform(9.0, 12.0, sat.size), rng.uniform(2.0, 5.0, sat.size)
@@ -356,8 +358,8 @@ def sample_objects(cls: np.ndarray, jd: np.ndarray, rng: np.random.Generator) ->
     smag[dip, 0] = rng.uniform(14.5, 18.5, dip.size)
     ssg[dip, 0] = rng.uniform(0.85, 1.0, dip.size)
     dshift = rng.uniform(0.2, 0.7, dip.size)
-    # The reference displaced towards the candidate puts it on the positive lobe; away from it, on
-    # the negative lobe (isdiffpos 'f', as many real star residuals are).
+    # A reference shifted this way (physics.py draws it at -shift) puts the candidate on the
+    # positive lobe for 60%, else on the negative lobe (isdiffpos 'f', as many star residuals).
     dang = dphi + np.where(rng.random(dip.size) < 0.6, np.pi, 0.0)
     shift[dip] = np.stack([dshift * np.cos(dang), dshift * np.sin(dang)], axis=1)
     art_amp[gh], art_size[gh] = rng.uniform(15, 80, gh.size), rng.uniform(5, 12, gh.size)
@@ -535,8 +537,14 @@ def make_chunk(plan: NightPlan, chunk: int) -> list[tuple[dict, dict]]:
 def _neighbours(truth: ObjectTruth, rng: np.random.Generator):
     """PS1 / reference-catalogue sources around each object, nearest first.
 
-    Returns distance [arcsec], magnitude, star/galaxy score and an "extended" flag, each ``(M, 3)``,
-    plus the count within 30 arcsec; -999 / inf pad when there are fewer than three.
+    Returns
+    -------
+    tuple
+        PS1's three nearest within 30": distance [arcsec], magnitude and star/galaxy score, each
+        ``(M, 3)`` (-999 pad); the PS1 count within 30"; the
+        nearest source of ZTF's own reference-image catalogue (sources brighter than 22.8 mag):
+        distance [arcsec], magnitude, extended flag, each ``(M,)`` (-999 when none); and the
+        nearest Gaia source (brighter than 20.5 mag): distance [arcsec] and magnitude.
     """
     m = truth.cls.size
     cand_d = [np.hypot(truth.star_dx, truth.star_dy) * ph.PIXEL_SCALE]
@@ -570,7 +578,8 @@ def _neighbours(truth: ObjectTruth, rng: np.random.Generator):
     kf = max(int(nfaint.max(initial=0)), 1)
     live = np.arange(kf)[None, :] < nfaint[:, None]
     cand_d.append(np.where(live, 30.0 * np.sqrt(rng.random((m, kf))) + 0.3, np.inf))
-    cand_m.append(np.where(live, rng.uniform(20.5, 23.0, (m, kf)), np.inf))
+    # Below the reference coadd's depth (~22 mag), so absent from the rendered template.
+    cand_m.append(np.where(live, rng.uniform(22.0, 23.3, (m, kf)), np.inf))
     cand_s.append(
         np.where(
             rng.random((m, kf)) < 0.5,
@@ -584,18 +593,31 @@ def _neighbours(truth: ObjectTruth, rng: np.random.Generator):
     # 40% and 39% of sgscore1/2/3 in the real alerts are 0.5.
     p_placeholder = np.clip(0.12 + 0.2 * (np.where(np.isfinite(mg), mg, 22.0) - 18.0), 0.12, 0.8)
     sg = np.where(rng.random(sg.shape) < p_placeholder, 0.5, sg)
-    d = np.where(np.isfinite(mg) & (mg < 23.0), d + np.abs(rng.normal(0, 0.05, d.shape)), np.inf)
+    d = np.where(np.isfinite(mg) & (mg < 23.3), d + np.abs(rng.normal(0, 0.05, d.shape)), np.inf)
     nmatch = (d <= 30.0).sum(axis=1)
+    # ZTF's reference coadds reach ~22.8 mag: their catalogue holds the rendered sources and the
+    # brightest catalogue-only ones (real first detections have magnr median 22.2).
+    d_r = np.where(mg < 22.8, d, np.inf)
+    i_nr = np.argmin(d_r, axis=1)
+    rows = np.arange(m)
+    has_nr = d_r[rows, i_nr] <= 30.0
+    d_gaia = np.where(mg < 20.5, d, np.inf)
+    i_g = np.argmin(d_gaia, axis=1)
+    has_g = np.isfinite(d_gaia[rows, i_g])
     order = np.argsort(d, axis=1)[:, :3]
     take = np.take_along_axis
-    d3, m3, s3, e3 = (take(a, order, axis=1) for a in (d, mg, sg, ext))
+    d3, m3, s3 = (take(a, order, axis=1) for a in (d, mg, sg))
     found = d3 <= 30.0
     return (
         np.where(found, d3, -999.0),
         np.where(found, m3, -999.0),
         np.where(found, s3, -999.0),
-        e3 & found,
         nmatch,
+        np.where(has_nr, d_r[rows, i_nr], -999.0),
+        np.where(has_nr, mg[rows, i_nr], -999.0),
+        ext[rows, i_nr] & has_nr,
+        np.where(has_g, d_gaia[rows, i_g], -999.0),
+        np.where(has_g, mg[rows, i_g], -999.0),
     )
 
 
@@ -623,7 +645,7 @@ def _history(truth: ObjectTruth, jd0: np.ndarray, rng: np.random.Generator):
     later = sn & (rng.random(m) >= 0.4)
     n_hist[later] = _loguniform(1, 150, int(later.sum()), rng).astype(int)
     rate = rng.uniform(0.5, 2.0, m)  # detections per day while an SN is bright
-    age[later] = np.maximum(n_hist[later] / rate[later], 0.5)
+    age[later] = np.clip(n_hist[later] / rate[later], 0.5, 200.0)  # an SN fades within months
     var = (c == CLASS_NAMES.index("AGN")) | (c == CLASS_NAMES.index("VS"))
     old = var & (rng.random(m) >= 0.15)
     n_hist[old] = _loguniform(1, 800, int(old.sum()), rng).astype(int)
@@ -759,7 +781,7 @@ def _assemble(
     m = truth.cls.size
     jd0 = jd[kidx == 0]
     n_hist, jdstart, in30, n_nondet, ncov_extra = _history(truth, jd0, rng)
-    dist3, mag3, sg3, ext3, nmatch = _neighbours(truth, rng)
+    dist3, mag3, sg3, nmatch, d_nr, m_nr, e_nr, d_gaia, m_gaia = _neighbours(truth, rng)
     year = np.array([int(plan.night[:4])] * m) - np.floor((jd0 - jdstart) / 365.25).astype(int)
     names = md.object_ids(year, (plan.seed * 7919 + o0 + np.arange(m)) % 26**6 + 26**5)
     field = md.ztf_field(truth.ra, truth.dec)
@@ -792,9 +814,10 @@ def _assemble(
     rb = np.where(is_bog, rng.beta(2.5, 3.5, n), rng.beta(6.0, 2.0, n))
     drb = np.where(is_bog, rng.beta(0.4, 2.0, n), 1 - rng.beta(0.5, 15.0, n))
     # Nearest reference-catalogue source: the PS1 nearest stands in for it.
-    dnr = dist3[obj, 0]
+    # Nearest source in ZTF's reference-image catalogue (rendered sources only).
+    dnr = d_nr[obj]
     has_nr = dnr >= 0
-    ext_nr = ext3[obj, 0]
+    ext_nr = e_nr[obj]
     # Point-like nearest sources: real first detections have chinr median 0.75, sharpnr -0.04.
     chinr = np.where(ext_nr, rng.uniform(2.0, 15.0, n), np.exp(rng.normal(np.log(0.75), 0.4, n)))
     sharpnr = np.where(ext_nr, rng.uniform(0.1, 0.9, n), rng.normal(-0.03, 0.1, n))
@@ -854,15 +877,15 @@ def _assemble(
         "magap": _f32(magap),
         "sigmagap": _f32(sigmapsf * rng.uniform(1.0, 1.5, n)),
         "distnr": _f32(np.where(has_nr, dnr / ph.PIXEL_SCALE, -999.0)),
-        "magnr": _f32(np.where(has_nr, mag3[obj, 0] + rng.normal(0, 0.05, n), -999.0)),
+        "magnr": _f32(np.where(has_nr, m_nr[obj] + rng.normal(0, 0.05, n), -999.0)),
         # Reference-catalogue photometric error of the nearest source (real median 0.18 mag at
         # first detection, when the nearest source is usually faint).
         "sigmagnr": _f32(
             np.where(
                 has_nr,
-                np.hypot(
-                    rng.uniform(0.01, 0.03, n), 0.2 * 10 ** (0.4 * (mag3[obj, 0] - 21.5))
-                ).clip(None, 0.5),
+                np.hypot(rng.uniform(0.01, 0.03, n), 0.2 * 10 ** (0.4 * (m_nr[obj] - 21.5))).clip(
+                    None, 0.5
+                ),
                 -999.0,
             )
         ),
@@ -908,7 +931,7 @@ def _assemble(
         "jdstarthist": np.where(n_hist[obj] > 0, jdstart[obj], jd[kidx == 0][obj]).tolist(),
         "jdendhist": jd.tolist(),
         # Real scorr / (1.0857 / sigmapsf): median 1.2, 10th-90th percentile 0.5-2.2.
-        "scorr": (snr * np.exp(rng.normal(np.log(1.2), 0.45, n))).tolist(),
+        "scorr": (1.0857 / sigmapsf * np.exp(rng.normal(np.log(1.2), 0.45, n))).tolist(),
         "tooflag": [0] * n,
         "objectidps1": np.where(
             dist3[obj, 0] >= 0, rng.integers(10**16, 2 * 10**17, n), -999
@@ -954,23 +977,10 @@ def _assemble(
         "zpmed": _f32(zp + rng.normal(0, 0.02, n)),
         "clrmed": _f32(rng.uniform(0.4, 1.2, n)),
         "clrrms": _f32(rng.uniform(0.12, 0.35, n)),
-        # Gaia reaches ~21 mag: the nearest Gaia source is the nearest PS1 source only when that
-        # one is bright, else a brighter star further out (real median maggaia 16.4).
-        "neargaia": _f32(
-            np.where(
-                (dist3[obj, 0] >= 0) & (mag3[obj, 0] < 20.5),
-                dist3[obj, 0] + 0.05,
-                aux.uniform(3.0, 60.0, n),
-            )
-        ),
+        # Gaia reaches ~20.5 mag: the nearest source that bright (real median maggaia 16.4).
+        "neargaia": _f32(np.where(d_gaia[obj] >= 0, d_gaia[obj] + 0.05, -999.0)),
         "neargaiabright": _f32(np.where(rng.random(n) < 0.3, rng.uniform(20, 90, n), -999.0)),
-        "maggaia": _f32(
-            np.where(
-                (dist3[obj, 0] >= 0) & (mag3[obj, 0] < 20.5),
-                mag3[obj, 0] - 0.1,
-                aux.uniform(13.0, 19.5, n),
-            )
-        ),
+        "maggaia": _f32(np.where(d_gaia[obj] >= 0, m_gaia[obj] - 0.1, -999.0)),
         "maggaiabright": _f32(np.where(rng.random(n) < 0.3, rng.uniform(11, 14, n), -999.0)),
         "exptime": [30.0] * n,
         "drb": _f32(drb),
@@ -1071,10 +1081,12 @@ def _mask_regions(stamps: list[list[np.ndarray]], rng: np.random.Generator) -> N
     """
     for i in np.flatnonzero(rng.random(len(stamps)) < MASKED_FRACTION):
         h, w = stamps[i][0].shape
-        depth = int(rng.integers(2, 14))
-        length = int(rng.integers(4, max(w, 5)))
-        start = int(rng.integers(0, max(w - length, 1)))
         side = int(rng.integers(4))
+        along = w if side in (0, 2) else h  # extent of the chosen edge
+        # One mask in ten reaches the central 21x21 crop (21 px deep), as 1.3% of real alerts.
+        depth = int(rng.integers(22, 30)) if rng.random() < 0.1 else int(rng.integers(2, 14))
+        length = int(rng.integers(4, max(along, 5)))
+        start = int(rng.integers(0, max(along - length, 1)))
         rows, cols = (slice(0, depth), slice(start, start + length))
         if side in (1, 3):
             rows, cols = slice(start, start + length), slice(0, depth)
@@ -1090,17 +1102,19 @@ def _prv_entries(
 ) -> list[dict]:
     """Earlier detections (within 30 days) and upper limits, oldest first, as prv_candidates.
 
-    For an explosive transient (SN) the upper limits fall before its first detection, the rise
-    from non-detections that SN hunters look for.
+    For an explosive transient (SN) first detected within the 30 days, the upper limits fall
+    before its first detection, the rise from non-detections that SN hunters look for; older ones
+    (and other classes) have limits spread over the 30 days. A first detection inside the window
+    is in the history at ``jdstart`` (``jdstarthist``).
     """
     jd = c["jd"]
     lo = max(jd - 30.0, jdstart)
     out = []
     det_jd = np.sort(rng.uniform(lo, jd - 0.5, n_det)) if n_det and jd - 0.5 > lo else []
-    if len(det_jd):
-        det_jd[0] = max(det_jd[0], jdstart)
-    lim_hi = min(jdstart, jd) - 0.5 if explosive else jd - 0.5
-    lim_jd = rng.uniform(jd - 30.0, max(lim_hi, jd - 29.9), n_nondet)
+    if len(det_jd) and jdstart >= jd - 30.0:
+        det_jd[0] = jdstart
+    rising = explosive and jdstart - 0.5 > jd - 30.0
+    lim_jd = rng.uniform(jd - 30.0, jdstart - 0.5 if rising else jd - 0.5, n_nondet)
     for t, is_det in sorted(
         [(float(t), True) for t in det_jd] + [(float(t), False) for t in lim_jd]
     ):

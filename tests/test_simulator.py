@@ -183,7 +183,8 @@ def test_spatial_distribution_per_class(clean):
     assert np.quantile(b["SN"], 0.05) > 7.0 and np.quantile(b["AGN"], 0.05) > 7.0
     beta_ast = np.abs(coords("asteroid").barycentricmeanecliptic.lat.deg)
     beta_sn = np.abs(coords("SN").barycentricmeanecliptic.lat.deg)
-    assert np.median(beta_ast) < 6.0 and np.mean(beta_ast < 15.0) > 0.95
+    # A band as wide as main-belt inclinations (sigma 8 deg for 70%, 18 deg for 30%).
+    assert np.median(beta_ast) < 9.0 and np.mean(beta_ast < 35.0) > 0.95
     assert np.median(beta_sn) > 2 * np.median(beta_ast)
     decs = np.concatenate([coords(c).dec.deg for c in clean])
     assert decs.min() > -31.0
@@ -195,7 +196,11 @@ def test_sn_flux_in_science_and_difference_not_reference(clean):
     fd, fs, fr = _point_flux(d["diff"]), _point_flux(d["sci"]), _point_flux(d["ref"])
     assert np.median(fd / (noise * np.sqrt(_AP.sum()))) > 5  # well detected in the difference
     assert np.median(fs / fd) > 0.7  # the same flux is in the science image
-    assert np.median(np.abs(fr) / fd) < 0.25  # and (almost) none in the reference
+    # and none in the reference but the host's light: hostless SNe leave the reference empty.
+    hostless = np.array([s == "hostless" for s in d["sub"]])
+    assert hostless.sum() > 20
+    assert np.median(np.abs(fr[hostless]) / fd[hostless]) < 0.25
+    assert np.mean(np.abs(fr) > 3 * fd) < 0.25
     assert np.mean([c["isdiffpos"] == "t" for c in d["cand"]]) > 0.97
     # Most SNe sit beside a resolved host: the nearest PS1 source is extended and offset.
     hosted = np.array([s == "hosted" for s in d["sub"]])
