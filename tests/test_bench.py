@@ -134,15 +134,18 @@ def test_memory_sampling_sees_a_child_and_its_own_peak():
 
     from bench.end_to_end import tree_memory
 
-    # A child that touches 200 MB, frees it, then idles: its peak stays visible after the free.
-    code = "b = bytearray(200 * 2**20); del b; import time; time.sleep(30)"
-    child = subprocess.Popen([sys.executable, "-c", code])
+    # A child that touches 200 MB, frees it, says so, then idles: its peak stays visible after the
+    # free. The parent reads RSS only after the child reports the free (no race with the del).
+    code = (
+        "import sys, time\n"
+        "b = bytearray(200 * 2**20)\n"
+        "del b\n"
+        "print('freed', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        import time
-
-        deadline = time.monotonic() + 20
-        while tree_memory(child.pid)[1] < 200 * 2**20 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        assert child.stdout.readline().strip() == "freed"
         rss, peak = tree_memory(child.pid)
         assert peak >= 200 * 2**20
         assert 0 < rss < 150 * 2**20  # the free returned the memory
