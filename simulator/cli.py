@@ -14,7 +14,8 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
@@ -72,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     """
     if name == "simulate":
         p = subparsers.add_parser(name, help="write realistic simulated ZTF alerts with labels")
-        p.add_argument("--n", type=_positive, required=True, help="number of alerts")
+        p.add_argument("--n", type=positive_int, required=True, help="number of alerts")
         p.add_argument("--out", required=True, help="output directory")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.add_argument("--night", default="20180815", help="UT date YYYYMMDD (default 20180815)")
@@ -89,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         )
         p.add_argument(
             "--detections-per-object",
-            type=_positive,
+            type=positive_int,
             default=1,
             help="max alerts per object in the night (default 1)",
         )
@@ -101,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         )
         p.add_argument(
             "--workers",
-            type=_positive,
+            type=positive_int,
             default=os.cpu_count() or 1,
             help="worker processes (default: CPU count); output does not depend on it",
         )
@@ -111,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         p.add_argument("--alerts", required=True, help="directory of .avro files or a tar.gz")
         p.add_argument("--labels", required=True, help="labels.csv written by simulate")
         p.add_argument("--out", required=True, help="PNG to write")
-        p.add_argument("--per-class", type=_positive, default=3, help="alerts per class (3)")
+        p.add_argument("--per-class", type=positive_int, default=3, help="alerts per class (3)")
         p.set_defaults(func=run_montage)
     else:
         raise ValueError(f"simulator.cli does not provide {name!r}")

@@ -52,6 +52,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from simulator.cli import positive_int
 from transforms.schema import (
     CLASS_NAMES,
     FEATURES_ALERCE_26,
@@ -1465,13 +1466,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     """Add the ``gap`` subcommand parser.
 
@@ -1505,9 +1499,9 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         help="exported model to evaluate on the labelled simulated alerts (e.g. ALeRCE's)",
     )
     p.add_argument(
-        "--max-alerts", type=_positive, default=None, help="read at most N alerts per set"
+        "--max-alerts", type=positive_int, default=None, help="read at most N alerts per set"
     )
-    p.add_argument("--folds", type=_positive, default=5, help="discriminator CV folds (5)")
+    p.add_argument("--folds", type=positive_int, default=5, help="discriminator CV folds (5)")
     p.add_argument("--seed", type=int, default=0, help="discriminator fold seed (0)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     p.set_defaults(func=run)
