@@ -814,7 +814,7 @@ def _assemble(
     rb = np.where(is_bog, rng.beta(2.5, 3.5, n), rng.beta(6.0, 2.0, n))
     drb = np.where(is_bog, rng.beta(0.4, 2.0, n), 1 - rng.beta(0.5, 15.0, n))
     # Nearest reference-catalogue source: the PS1 nearest stands in for it.
-    # Nearest source in ZTF's reference-image catalogue (rendered sources only).
+    # Nearest source in ZTF's reference-image catalogue (brighter than its 22.8 mag depth).
     dnr = d_nr[obj]
     has_nr = dnr >= 0
     ext_nr = e_nr[obj]
