@@ -532,24 +532,22 @@ def _slim_dead_letter(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def _iter_alerts(patterns: Sequence[str], dead: list[dict[str, Any]]) -> Iterable[Any]:
     """Decoded alerts of every pattern; read and decode failures appended to ``dead``."""
-    from transforms.alerts import decode_alerts
-    from transforms.sources import ReadError, expand_pattern, read_path
+    from transforms.sources import NoInputError, decode_paths
 
-    for pattern in patterns:
-        for path in expand_pattern(pattern):
-            if isinstance(path, ReadError):  # nothing matched, or the pattern cannot be listed
-                raise CompareError(f"--alerts {path.reason}")
-            for item in read_path(path):
-                if isinstance(item, ReadError):
-                    dead.append({"stage": STAGE_READ, "reason": item.reason, "source": item.source})
-                    continue
-                alerts, error = decode_alerts(item[1], item[0], path)
-                yield from alerts
-                if error is not None:
-                    reason = error.reason + (
-                        f" (after {len(alerts)} record(s) decoded)" if alerts else ""
-                    )
-                    dead.append({"stage": STAGE_DECODE, "reason": reason, "source": item[0]})
+    try:
+        for item in decode_paths(patterns):
+            if item.read_error is not None:
+                dead.append(
+                    {"stage": STAGE_READ, "reason": item.read_error.reason, "source": item.source}
+                )
+                continue
+            yield from item.alerts
+            if item.decode_error is not None:
+                after = f" (after {len(item.alerts)} record(s) decoded)" if item.alerts else ""
+                reason = item.decode_error.reason + after
+                dead.append({"stage": STAGE_DECODE, "reason": reason, "source": item.source})
+    except NoInputError as e:  # nothing matched, or the pattern cannot be listed
+        raise CompareError(f"--alerts {e.reason}") from e
 
 
 def _aligned(alerts: Sequence[Any], examples: Sequence[tuple[int, dict]]) -> list[tuple[Any, dict]]:

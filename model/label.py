@@ -607,44 +607,49 @@ def read_alert_positions(inputs: Sequence[str]) -> tuple[AlertPositions, dict[st
     LabelError
         When an input matches no file.
     """
-    from transforms.alerts import decode_alerts
     from transforms.rules import history_skip_reason
-    from transforms.sources import ReadError, expand_pattern, read_path
+    from transforms.sources import NoInputError, decode_paths
 
     rows: list[tuple] = []
     seen: set[int] = set()
     dead: list[dict[str, str]] = []
     read = duplicates = 0
-    for pattern in inputs:
-        for path in expand_pattern(pattern):
-            if isinstance(path, ReadError):
-                raise LabelError(path.reason)
-            for item in read_path(path):
-                if isinstance(item, ReadError):
-                    dead.append({"stage": STAGE_READ, "reason": item.reason, "source": item.source})
+    try:
+        for item in decode_paths(inputs):
+            if item.read_error is not None:
+                dead.append(
+                    {"stage": STAGE_READ, "reason": item.read_error.reason, "source": item.source}
+                )
+                continue
+            if item.decode_error is not None:
+                dead.append(
+                    {
+                        "stage": STAGE_DECODE,
+                        "reason": item.decode_error.reason,
+                        "source": item.source,
+                    }
+                )
+            for alert in item.alerts:
+                read += 1
+                if alert.candid in seen:
+                    duplicates += 1
                     continue
-                alerts, error = decode_alerts(item[1], item[0], path)
-                if error is not None:
-                    dead.append({"stage": STAGE_DECODE, "reason": error.reason, "source": item[0]})
-                for alert in alerts:
-                    read += 1
-                    if alert.candid in seen:
-                        duplicates += 1
-                        continue
-                    seen.add(alert.candid)
-                    c = alert.candidate
-                    ss = c.get("ssdistnr")
-                    rows.append(
-                        (
-                            alert.candid,
-                            alert.object_id,
-                            c["ra"],
-                            c["dec"],
-                            c["jd"],
-                            np.nan if ss is None else ss,
-                            history_skip_reason(c, alert.prv_candidates) is None,
-                        )
+                seen.add(alert.candid)
+                c = alert.candidate
+                ss = c.get("ssdistnr")
+                rows.append(
+                    (
+                        alert.candid,
+                        alert.object_id,
+                        c["ra"],
+                        c["dec"],
+                        c["jd"],
+                        np.nan if ss is None else ss,
+                        history_skip_reason(c, alert.prv_candidates) is None,
                     )
+                )
+    except NoInputError as e:
+        raise LabelError(e.reason) from e
     cols = list(zip(*rows, strict=True)) if rows else [()] * 7
     positions = AlertPositions(
         np.array(cols[0], np.int64),

@@ -365,9 +365,8 @@ def load_dataset(
     (Dataset, counts)
         Examples in input order; counts of alerts seen, unlabelled, and dead (not usable).
     """
-    from transforms.alerts import decode_alerts
     from transforms.featurize import featurize_alerts
-    from transforms.sources import ReadError, expand_pattern, read_path
+    from transforms.sources import NoInputError, decode_paths
 
     feats, stamps, ys, cands, objs = [], [], [], [], []
     counts = {"alerts": 0, "unlabelled": 0, "dead": 0}
@@ -385,24 +384,19 @@ def load_dataset(
             objs.append(obj)
         pending.clear()
 
-    for pattern in inputs:
-        for path in expand_pattern(pattern):
-            if isinstance(path, ReadError):
-                raise FileNotFoundError(path.reason)
-            for item in read_path(path):
-                if isinstance(item, ReadError):
-                    counts["dead"] += 1
+    try:
+        for item in decode_paths(inputs):
+            counts["dead"] += item.read_error is not None or item.decode_error is not None
+            for alert in item.alerts:
+                counts["alerts"] += 1
+                if alert.candid not in labels:
+                    counts["unlabelled"] += 1
                     continue
-                alerts, error = decode_alerts(item[1], item[0])
-                counts["dead"] += error is not None
-                for alert in alerts:
-                    counts["alerts"] += 1
-                    if alert.candid not in labels:
-                        counts["unlabelled"] += 1
-                        continue
-                    pending.append(alert)
-                    if len(pending) >= 512:
-                        flush()
+                pending.append(alert)
+                if len(pending) >= 512:
+                    flush()
+    except NoInputError as e:
+        raise FileNotFoundError(e.reason) from e
     flush()
     if not feats:
         raise ValueError("no labelled alerts found")

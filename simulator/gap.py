@@ -349,20 +349,15 @@ def image_statistics(stamps: np.ndarray) -> dict[str, np.ndarray]:
 # --- reading alerts -------------------------------------------------------------------------------
 def _iter_alerts(paths: Sequence[str], counts: dict[str, int]) -> Iterator[Any]:
     """Decoded alerts under ``paths``; read/decode problems are counted, unmatched paths raise."""
-    from transforms.alerts import decode_alerts
-    from transforms.sources import ReadError, expand_pattern, read_path
+    from transforms.sources import NoInputError, decode_paths
 
-    for pattern in paths:
-        for path in expand_pattern(str(pattern)):
-            if isinstance(path, ReadError):
-                raise GapError(f"{pattern}: {path.reason}")
-            for item in read_path(path):
-                if isinstance(item, ReadError):
-                    counts["read_errors"] += 1
-                    continue
-                alerts, error = decode_alerts(item[1], item[0], path)
-                counts["decode_errors"] += error is not None
-                yield from alerts
+    try:
+        for item in decode_paths(paths):
+            counts["read_errors"] += item.read_error is not None
+            counts["decode_errors"] += item.decode_error is not None
+            yield from item.alerts
+    except NoInputError as e:
+        raise GapError(f"{e.pattern}: {e.reason}") from e
 
 
 def _is_number(value: Any) -> bool:

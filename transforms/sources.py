@@ -13,12 +13,15 @@ import os
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, BinaryIO
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+if TYPE_CHECKING:
+    from transforms.alerts import Alert, AlertDecodeError
 
 #: File names picked up when a *directory* is given (explicit files and globs are read as named).
 ALERT_SUFFIXES: tuple[str, ...] = (".avro", ".tar.gz", ".tgz", ".tar", ".zip")
@@ -208,3 +211,75 @@ def reread(source: str, candid: int | None = None, path: str | None = None) -> b
     except Exception:  # a dead letter must still be written without its bytes
         return b""
     return b""
+
+
+class NoInputError(ValueError):
+    """A pattern given by the user matches nothing (or cannot be listed).
+
+    Parameters
+    ----------
+    pattern
+        The pattern as given.
+    reason
+        The :class:`ReadError` reason (``no_match: ...``).
+    """
+
+    def __init__(self, pattern: str, reason: str) -> None:
+        super().__init__(reason)
+        self.pattern = pattern
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedItem:
+    """One file or archive member, decoded: its alerts, or why it could not be read or decoded.
+
+    Attributes
+    ----------
+    source
+        The path or ``archive!member``.
+    path
+        The file or archive it lives in.
+    alerts
+        The alerts decoded from it (those before a broken record, when ``decode_error`` is set).
+    read_error, decode_error
+        Why it could not be read, or why decoding stopped; None when it went well.
+    """
+
+    source: str
+    path: str
+    alerts: list[Alert] = field(default_factory=list)
+    read_error: ReadError | None = None
+    decode_error: AlertDecodeError | None = None
+
+
+def decode_paths(patterns: Iterable[str]) -> Iterator[DecodedItem]:
+    """Read and decode every alert file under ``patterns``, outside Beam (the command-line tools).
+
+    Parameters
+    ----------
+    patterns
+        Files, directories, globs or archives, as ``stampflow run --input`` takes them.
+
+    Yields
+    ------
+    DecodedItem
+        One per file or archive member, in input order.
+
+    Raises
+    ------
+    NoInputError
+        When a pattern matches nothing.
+    """
+    from transforms.alerts import decode_alerts
+
+    for pattern in patterns:
+        for path in expand_pattern(str(pattern)):
+            if isinstance(path, ReadError):
+                raise NoInputError(str(pattern), path.reason)
+            for item in read_path(path):
+                if isinstance(item, ReadError):
+                    yield DecodedItem(item.source, path, read_error=item)
+                    continue
+                alerts, error = decode_alerts(item[1], item[0], path)
+                yield DecodedItem(item[0], path, alerts, decode_error=error)
