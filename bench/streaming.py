@@ -148,14 +148,14 @@ def measure(
     """
     from google.cloud import pubsub_v1
 
-    from bench.pubsub_emulator import PubSubEmulator, missing_requirements
+    from bench.emulators import PubSubEmulator, pubsub_missing_requirements
     from pipeline.publish import containers, publish
     from pipeline.run_job import add_arguments
     from pipeline.streaming import start_streaming
     from transforms.alerts import decode_alerts
     from transforms.rules import history_skip_reason
 
-    reason = missing_requirements()
+    reason = pubsub_missing_requirements()
     if reason:
         raise RuntimeError(reason)
     # One pass over the night: the message of each candid, and the objects with a first

@@ -16,13 +16,8 @@ from model.alerce import (
     read_feature_stats,
 )
 from model.alerce_reference import AlerceGraph
-from tests.conftest import DATA
+from tests.helpers import ALERCE, needs_alerce
 from transforms.schema import FEATURES_ALERCE_26, FEATURES_PRODUCTION
-
-ALERCE = DATA / "alerce"
-needs_alerce = pytest.mark.skipif(
-    not ALERCE.is_dir(), reason=f"ALeRCE checkpoints not found at {ALERCE} (set STAMPFLOW_DATA)"
-)
 
 
 @needs_alerce

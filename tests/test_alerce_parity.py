@@ -10,9 +10,14 @@ import pytest
 from model.alerce import find_feature_stats, import_alerce
 from model.alerce_reference import AlerceGraph
 from pipeline.run_job import run
-from tests.conftest import REAL
-from tests.test_alerce import ALERCE, needs_alerce
-from tests.test_features import load_real_alerts, raw_cube, reference_features_26, reference_stamps
+from tests.helpers import (
+    ALERCE,
+    REAL,
+    load_real_alerts,
+    needs_alerce,
+    raw_cube,
+    reference_inputs,
+)
 from transforms.features import extract_features
 from transforms.schema import CLASS_NAMES, FEATURES_PRODUCTION
 
@@ -20,27 +25,6 @@ pytestmark = [
     needs_alerce,
     pytest.mark.skipif(not REAL.is_dir(), reason=f"real alerts not found at {REAL}"),
 ]
-
-
-def _reference_inputs(alerts, stats):
-    """ALeRCE's preprocessing, for the alerts it can handle: full 63×63 stamps, no null feature."""
-    keep, feats, stamps = [], [], []
-    for alert in alerts:
-        cube = raw_cube(alert)
-        if any(alert.candidate.get(n) is None for n in stats if n in alert.candidate):
-            continue  # ALeRCE turns a null into NaN probabilities; ours imputes (tested elsewhere)
-        if any(
-            alert.cutout_bytes(k) is None for k in ("science", "template", "difference")
-        ) or cube.shape != (63, 63, 3):
-            continue
-        from transforms.stamps import decode_stamp
-
-        if decode_stamp(alert.cutout_bytes("science")).shape != (63, 63):
-            continue  # ALeRCE drops non-63×63 stamps
-        keep.append(alert)
-        feats.append(reference_features_26(alert.candidate, stats))
-        stamps.append(reference_stamps(cube))
-    return keep, np.array(feats, np.float32), np.array(stamps, np.float32)
 
 
 def test_pipeline_with_best_model_so_far_equals_alerce(tmp_path):
@@ -64,7 +48,7 @@ def test_pipeline_with_best_model_so_far_equals_alerce(tmp_path):
     assert summary["reconciled"]
     rows = {r["candid"]: r for r in pq.read_table(out / "probabilities").to_pylist()}
     stats = find_feature_stats(ALERCE / "best_model_so_far")
-    alerts, feats, stamps = _reference_inputs(load_real_alerts(), stats)
+    alerts, feats, stamps = reference_inputs(load_real_alerts(), stats)
     assert len(alerts) > 150
     graph = AlerceGraph(
         ALERCE / "best_model_so_far" / "model.meta", str(ALERCE / "best_model_so_far" / "model")
@@ -97,7 +81,7 @@ def test_exported_variants_equal_alerce(variant, tmp_path):
         import_alerce(ALERCE / "image_only_model", tmp_path / "model")
         stats = {n: {"mean": 0.0, "std": 1.0} for n in FEATURES_PRODUCTION}
     try:
-        kept, feats_ref, stamps_ref = _reference_inputs(alerts, _as_26(stats))
+        kept, feats_ref, stamps_ref = reference_inputs(alerts, _as_26(stats))
         feats_ref = feats_ref[:, [list(_as_26(stats)).index(n) for n in FEATURES_PRODUCTION]]
         expected = graph.predict(stamps_ref, feats_ref)
     finally:

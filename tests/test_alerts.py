@@ -7,7 +7,7 @@ import io
 import fastavro
 import pytest
 
-from tests.conftest import mini_container, mini_record, nan_equal
+from tests.helpers import mini_container, mini_record, nan_equal
 from transforms import alerts as alerts_mod
 from transforms.alerts import AlertDecodeError, decode_alerts, iter_alerts
 

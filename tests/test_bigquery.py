@@ -21,6 +21,11 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, is_empty
 from google.cloud import bigquery
 
+from bench.emulators import (
+    BigQueryEmulator,
+    EmulatorUnavailableError,
+    bigquery_missing_requirements,
+)
 from pipeline.bigquery import (
     FILE_LOADS,
     REPLACE_KEYS,
@@ -41,7 +46,6 @@ from pipeline.bigquery import (
     table_schemas,
     to_bigquery_row,
 )
-from tests.bq_emulator import BigQueryEmulator, EmulatorUnavailableError, missing_requirements
 from transforms.dead_letters import dead_letter
 from transforms.schema import (
     CLASS_NAMES,
@@ -215,7 +219,7 @@ def test_file_loads_graph_builds_offline() -> None:
 # --- emulator -------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmulator]:
-    reason = missing_requirements()
+    reason = bigquery_missing_requirements()
     if reason:
         pytest.skip(reason)
     try:

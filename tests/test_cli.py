@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.decode_job import run
-from tests.conftest import BAD, REAL, mini_container, mini_record, needs_bad, needs_real
+from tests.helpers import BAD, REAL, mini_container, mini_record, needs_bad, needs_real
 
 
 def test_help_lists_every_subcommand(capsys):

@@ -22,7 +22,7 @@ from model.compare import (
     write_csv,
 )
 from pipeline.cli import main
-from tests.conftest import REAL, needs_real
+from tests.helpers import REAL, needs_real
 from transforms.schema import CLASS_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,7 +265,7 @@ def test_first_detections_only(tmp_path):
     objects = [a["objectId"] for a in r["alerts"]]
     assert len(objects) == len(set(objects))  # one alert per object
 
-    from tests.conftest import decoded_alerts
+    from tests.helpers import decoded_alerts
 
     by_candid = {a.candid: a for a in decoded_alerts(REAL)}
     for entry in r["alerts"]:
@@ -281,7 +281,7 @@ def test_first_detections_only(tmp_path):
 # --- against ALeRCE's published model (26 features) --------------------------------------------
 @pytest.fixture(scope="module")
 def alerce_model(tmp_path_factory):
-    from tests.test_alerce import ALERCE
+    from tests.helpers import ALERCE
 
     if not (ALERCE / "best_model_so_far").is_dir() or not REAL.is_dir():
         pytest.skip(f"ALeRCE checkpoints or real alerts not found under {ALERCE.parent}")
@@ -297,9 +297,7 @@ def test_reference_probabilities_are_alerce_tf1_graph(tmp_path, alerce_model):
     graph on ALeRCE's preprocessing (independent of our featurisation), alert by alert."""
     from model.alerce import find_feature_stats
     from model.alerce_reference import AlerceGraph
-    from tests.test_alerce import ALERCE
-    from tests.test_alerce_parity import _reference_inputs
-    from tests.test_features import load_real_alerts
+    from tests.helpers import ALERCE, load_real_alerts, reference_inputs
 
     code, r = _compare(tmp_path, DEFAULT_MODEL, alerce_model)
     assert code == 0
@@ -310,7 +308,7 @@ def test_reference_probabilities_are_alerce_tf1_graph(tmp_path, alerce_model):
     assert r["agreement"] < 1.0  # a model trained on simulated alerts is not ALeRCE
 
     stats = find_feature_stats(ALERCE / "best_model_so_far")
-    alerts, feats, stamps = _reference_inputs(load_real_alerts(), stats)
+    alerts, feats, stamps = reference_inputs(load_real_alerts(), stats)
     ckpt = ALERCE / "best_model_so_far"
     graph = AlerceGraph(ckpt / "model.meta", str(ckpt / "model"))
     try:

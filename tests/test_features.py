@@ -1,14 +1,14 @@
 """Features and stamp assembly: golden tests on real ZTF alerts, edge cases and properties.
 
-The golden references below are deliberately written from SPEC §4-§5 with plain NumPy and one
-astropy ``SkyCoord`` per alert, sharing no code with ``transforms.features``/``preprocess``.
+The golden references (``reference_features_26``, ``reference_stamps`` in :mod:`tests.helpers`) are
+deliberately written from SPEC §4-§5 with plain NumPy and one astropy ``SkyCoord`` per alert,
+sharing no code with ``transforms.features``/``preprocess``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import tarfile
 
 import numpy as np
 import pytest
@@ -17,8 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.alerce import read_feature_stats
-from tests.conftest import DATA  # ../shared/data, or $STAMPFLOW_DATA
-from transforms.alerts import Alert, decode_alerts
+from tests.helpers import (  # DATA: ../shared/data, or $STAMPFLOW_DATA
+    ALERTS_DIR,
+    DATA,
+    load_real_alerts,
+    raw_cube,
+    reference_features_26,
+    reference_stamps,
+)
+from transforms.alerts import Alert
 from transforms.features import (
     clip_bounds,
     encode_isdiffpos,
@@ -41,25 +48,7 @@ from transforms.schema import (
 )
 from transforms.stamps import StampError, decode_stamps
 
-ALERTS_DIR = DATA / "ztf_alerts"
 NORM_STATS = DATA / "alerce" / "feature_norm_stats.json"
-
-
-def load_real_alerts() -> list[Alert]:
-    """Every record under ``ztf_alerts`` (``.avro`` files and ``.tar.gz`` archives)."""
-    alerts: list[Alert] = []
-    for path in sorted(ALERTS_DIR.rglob("*")):
-        if path.suffix == ".avro":
-            decoded, _ = decode_alerts(path.read_bytes(), str(path))
-            alerts += decoded
-        elif path.name.endswith(".tar.gz"):
-            with tarfile.open(path) as tar:
-                for member in tar.getmembers():
-                    if member.isfile() and member.name.endswith(".avro"):
-                        data = tar.extractfile(member).read()
-                        decoded, _ = decode_alerts(data, f"{path}!{member.name}")
-                        alerts += decoded
-    return alerts
 
 
 @pytest.fixture(scope="module")
@@ -69,61 +58,6 @@ def real_alerts() -> list[Alert]:
     alerts = load_real_alerts()
     assert len(alerts) >= 200, "the shared data set holds 225 decodable alerts"
     return alerts
-
-
-# --- independent references (SPEC §4-§5) ---------------------------------------------------------
-def reference_features_26(cand: dict, stats: dict) -> np.ndarray:
-    """Straightforward SPEC §4: read, derive, clip, z-score; one alert at a time, float64."""
-    import astropy.units as u
-    from astropy.coordinates import SkyCoord
-
-    c = SkyCoord(cand["ra"] * u.deg, cand["dec"] * u.deg, frame="icrs")
-    derived = {
-        "isdiffpos": 0.0 if cand["isdiffpos"] in ("t", "1") else 1.0,
-        "non_detections": cand["ncovhist"] - cand["ndethist"],
-        "gal_lat": c.galactic.b.deg,
-        "gal_long": c.galactic.l.deg,
-        "ecl_lat": c.barycentricmeanecliptic.lat.deg,
-        "ecl_long": c.barycentricmeanecliptic.lon.deg,
-    }
-    table_a1 = {  # SPEC §4 clipping, spelled out again on purpose
-        "sgscore1": (-1, None), "distpsnr1": (-1, None), "sgscore2": (-1, None),
-        "distpsnr2": (-1, None), "sgscore3": (-1, None), "distpsnr3": (-1, None),
-        "fwhm": (None, 10), "ndethist": (None, 20), "ncovhist": (None, 3000),
-        "chinr": (-1, 15), "sharpnr": (-1, 1.5), "non_detections": (None, 2000),
-        "distnr": (-1, None), "magnr": (-1, None),
-    }  # fmt: skip
-    out = []
-    for name, s in stats.items():
-        x = float(derived[name] if name in derived else cand[name])
-        lo, hi = table_a1.get(name, (None, None))
-        x = max(x, lo) if lo is not None else x
-        x = min(x, hi) if hi is not None else x
-        out.append((x - s["mean"]) / s["std"])
-    return np.array(out)
-
-
-def reference_stamps(cube: np.ndarray, crop: int = 21) -> np.ndarray:
-    """SPEC §5 per image: crop rows/cols around 31, per channel (x - nanmin) / nanmax, NaN -> 0."""
-    half = crop // 2
-    x = cube[31 - half : 31 + half + 1, 31 - half : 31 + half + 1, :].astype(np.float64)
-    out = np.zeros_like(x)
-    for c in range(x.shape[2]):
-        ch = x[:, :, c]
-        if np.all(np.isnan(ch)):
-            continue
-        ch = ch - np.nanmin(ch)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ch = ch / np.nanmax(ch)
-        ch[np.isnan(ch)] = 0.0
-        out[:, :, c] = ch
-    return out
-
-
-def raw_cube(alert: Alert) -> np.ndarray:
-    images = decode_stamps({k: alert.cutout_bytes(k) for k in STAMP_KINDS})
-    cube, _ = stack_stamps(images, "pad", alert.candidate.get("xpos"), alert.candidate.get("ypos"))
-    return cube
 
 
 # --- golden tests on real alerts -----------------------------------------------------------------

@@ -13,7 +13,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.test_features import ALERTS_DIR, load_real_alerts
+from tests.helpers import ALERTS_DIR, load_real_alerts
 from transforms.alerts import Alert
 from transforms.featurize import (
     DEAD_LETTERS_TAG,

@@ -15,7 +15,7 @@ import fastavro
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import REAL, mini_container, mini_record, real_containers
+from tests.helpers import REAL, mini_container, mini_record, real_containers
 from transforms.cutouts import DecodeCutouts
 from transforms.ingest import DecodeAlerts
 

@@ -13,7 +13,7 @@ import pytest
 from pipeline import cli
 from simulator import gap
 from simulator.core import simulate
-from tests.conftest import REAL, needs_real
+from tests.helpers import REAL, needs_real
 from transforms.schema import CLASS_NAMES, FEATURES_PRODUCTION, STAMP_KINDS
 
 # A handful of real alerts: 22 from a night of first detections (21 with no earlier detection in

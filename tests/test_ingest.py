@@ -9,7 +9,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.conftest import BAD, REAL, mini_container, mini_record, needs_bad, needs_real
+from tests.helpers import BAD, REAL, mini_container, mini_record, needs_bad, needs_real
 from transforms.cutouts import DecodeCutouts
 from transforms.dead_letters import reason_code
 from transforms.ingest import ALERTS, DEAD_LETTERS, DecodeAlerts, ReadAlerts

@@ -21,7 +21,7 @@ from model.train import (
     train_network,
 )
 from pipeline.cli import main
-from tests.conftest import DATA, export_random_model
+from tests.helpers import DATA, export_random_model
 from transforms.features import clip_bounds
 from transforms.schema import FEATURES_PRODUCTION
 

@@ -25,7 +25,7 @@ from model.label import (
 )
 from model.train import read_labels
 from pipeline.cli import main
-from tests.conftest import REAL, needs_real
+from tests.helpers import REAL, needs_real
 
 ARCSEC = 1 / 3600
 

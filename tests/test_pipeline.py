@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.run_job import run
-from tests.conftest import BAD, decoded_alerts, export_random_model, needs_bad
+from tests.helpers import BAD, decoded_alerts, export_random_model, needs_bad
 from transforms.featurize import featurize_alerts
 from transforms.rules import history_skip_reason
 from transforms.schema import FEATURES_PRODUCTION, PROBABILITY_COLUMN_NAMES
@@ -200,9 +200,13 @@ def test_multi_process_runner(night, model_dir, tmp_path):
 
 
 def test_bigquery_rows_equal_parquet_rows_and_reruns_replace(first_run, night, model_dir, tmp_path):
-    from tests.bq_emulator import BigQueryEmulator, EmulatorUnavailableError, missing_requirements
+    from bench.emulators import (
+        BigQueryEmulator,
+        EmulatorUnavailableError,
+        bigquery_missing_requirements,
+    )
 
-    reason = missing_requirements()
+    reason = bigquery_missing_requirements()
     if reason:
         pytest.skip(reason)
     try:

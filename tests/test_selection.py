@@ -12,7 +12,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.conftest import REAL, decoded_alerts, mini_container, mini_record, needs_real
+from tests.helpers import REAL, decoded_alerts, mini_container, mini_record, needs_real
 from transforms.ingest import ALERTS, ReadAlerts
 from transforms.rules import history_skip_reason
 from transforms.schema import SKIP_NOT_FIRST_IN_INPUT, STAGE_SELECT

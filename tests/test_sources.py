@@ -6,7 +6,7 @@ import io
 import tarfile
 import zipfile
 
-from tests.conftest import mini_container, mini_record
+from tests.helpers import mini_container, mini_record
 from transforms.sources import ReadError, expand_pattern, read_path
 
 

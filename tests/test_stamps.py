@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from tests.conftest import fits_stamp
+from tests.helpers import fits_stamp
 from transforms.alerts import iter_alerts
 from transforms.schema import STAMP_KINDS
 from transforms.stamps import MAX_STAMP_BYTES, StampError, decode_stamp, decode_stamps

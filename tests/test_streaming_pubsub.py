@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from bench.pubsub_emulator import PubSubEmulator, missing_requirements
+from bench.emulators import PubSubEmulator, pubsub_missing_requirements
 from bench.streaming import Collector, create_topics, latencies
 from model.handler import METADATA_FILE
 from pipeline.publish import containers, publish
 from pipeline.run_job import add_arguments, run
-from tests.conftest import BAD, REAL, decoded_alerts, export_random_model
+from tests.helpers import BAD, REAL, decoded_alerts, export_random_model
 from transforms.alerts import decode_alerts
 from transforms.featurize import featurize_alerts
 from transforms.schema import FEATURES_PRODUCTION, PROBABILITY_COLUMN_NAMES, STAGE_READ
@@ -89,7 +89,7 @@ def _args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    reason = missing_requirements()
+    reason = pubsub_missing_requirements()
     if reason:
         pytest.skip(reason)
     with PubSubEmulator.start(tmp_path_factory.mktemp("pubsub") / "emulator.log") as em:

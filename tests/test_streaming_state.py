@@ -13,7 +13,7 @@ from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 
-from tests.conftest import mini_record
+from tests.helpers import mini_record
 from transforms.alerts import Alert
 from transforms.density import healpix_pixels
 from transforms.schema import (
