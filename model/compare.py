@@ -156,7 +156,7 @@ def agreement_report(
     >>> round(r["agreement"], 3), r["recovery"]["SN"]
     (0.667, {'count': 2, 'recovered': 1, 'fraction': 0.5})
     """
-    from model.evaluate import confusion_matrix, top_k_accuracy
+    from model.metrics import confusion_matrix, top_k_accuracy
 
     ref = _check_probs(ref_probs, "ref_probs")
     mod = _check_probs(model_probs, "model_probs", ref.shape[0])
@@ -373,7 +373,7 @@ def plot_compare(
     Path
         ``path``.
     """
-    from model.evaluate import _new_figure, _save
+    from model.plots import _confusion_panel, _new_figure, _save
 
     names = list(report["class_names"])
     k = len(names)
@@ -387,26 +387,21 @@ def plot_compare(
     fig = _new_figure(15.0, 6.6)
     grid = fig.add_gridspec(2, 6, width_ratios=[1.25, 1.25, 1.25, 1, 1, 1])
     ax = fig.add_subplot(grid[:, :3])
-    im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
-    for i in range(k):
-        for j in range(k):
-            text = f"{counts[i, j]}\n{100 * frac[i, j]:.0f}%" if support[i] else "0\n–"
-            ax.text(
-                j,
-                i,
-                text,
-                ha="center",
-                va="center",
-                fontsize=10,
-                color="white" if frac[i, j] > 0.55 else "black",
-                fontweight="bold" if i == j else "normal",
-            )
-    ax.set_xticks(range(k), names)
-    ax.set_yticks(range(k), [f"{c}\n(n={support[i]})" for i, c in enumerate(names)])
-    ax.set_xlabel(f"class by {model_label}")
-    ax.set_ylabel(f"class by {reference_label}")
-    ax.tick_params(length=0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).set_label("fraction of the reference class")
+    cells = [
+        [f"{counts[i, j]}\n{100 * frac[i, j]:.0f}%" if support[i] else "0\n–" for j in range(k)]
+        for i in range(k)
+    ]
+    _confusion_panel(
+        fig,
+        ax,
+        names,
+        frac,
+        support,
+        cells,
+        xlabel=f"class by {model_label}",
+        ylabel=f"class by {reference_label}",
+        colorbar_label="fraction of the reference class",
+    )
     ax.set_title(
         f"agreement {100 * report['agreement']:.1f}% ({report['agreement_count']}/{report['n']}),"
         f" top-2 {100 * report['top2_agreement']:.1f}%\nrecovery: {recovery_line(report)}",

@@ -590,8 +590,8 @@ def evaluate_model(model_dir: str, features: np.ndarray, stamps: np.ndarray, bat
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """The whole ``stampflow train`` job; returns the metadata of the exported model."""
-    from model.evaluate import write_report
     from model.export import apply_transform, export_model, fit_transform
+    from model.plots import write_report
 
     log = print
     init_meta = None
@@ -779,8 +779,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     """``stampflow evaluate``: an exported model on labelled alerts → report.json and pictures."""
-    from model.evaluate import format_report, write_report
     from model.handler import read_metadata
+    from model.metrics import format_report
+    from model.plots import write_report
 
     meta = read_metadata(args.model)
     data, counts = load_dataset(args.alerts, read_labels(args.labels), meta["features"])

@@ -8,22 +8,19 @@ import math
 import numpy as np
 import pytest
 
-from model.evaluate import (
-    REPORT_FILES,
+from model.metrics import (
     SN_INDEX,
     evaluate,
     expected_calibration_error,
     format_report,
     log_loss,
-    plot_comparison,
-    plot_sn_roc,
     rates_at_threshold,
     reliability_bins,
     roc_auc,
     roc_curve,
     top_k_accuracy,
-    write_report,
 )
+from model.plots import REPORT_FILES, plot_comparison, plot_sn_roc, write_report
 from transforms.schema import CLASS_NAMES
 
 # Ten alerts; columns AGN, SN, VS, asteroid, bogus. Comments: true class → argmax.
