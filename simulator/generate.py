@@ -18,6 +18,31 @@ import numpy as np
 from simulator import metadata as md
 from simulator import physics as ph
 
+__all__ = [
+    "BOGUS_KINDS",
+    "BOGUS_WEIGHTS",
+    "CHUNK_ALERTS",
+    "DEFAULT_MIX",
+    "DEFECTS",
+    "EXPOSURE_STEP",
+    "EXTRA_NOISE",
+    "MASKED_FRACTION",
+    "NULLABLE",
+    "PSF_ERR_FACTOR",
+    "REVISIT",
+    "SIGMAPSF_FLOOR",
+    "SKY",
+    "ZP",
+    "ZTF_START_JD",
+    "MeasuredChunk",
+    "NightPlan",
+    "ObjectTruth",
+    "make_chunk",
+    "parse_mix",
+    "plan_night",
+    "sample_objects",
+]
+
 CLASS_NAMES = md.CLASS_NAMES
 DEFAULT_MIX = {"AGN": 0.2, "SN": 0.2, "VS": 0.2, "asteroid": 0.2, "bogus": 0.2}
 DEFECTS = ("nan_pixels", "edge_stamp", "null_fields")
@@ -425,6 +450,65 @@ def _f32(x) -> list:
     return np.asarray(x, dtype=np.float32).astype(float).tolist()
 
 
+@dataclass(frozen=True)
+class MeasuredChunk:
+    """One chunk's alerts as :func:`make_chunk` drew, rendered and measured them.
+
+    Everything :func:`_assemble` turns into alert records and label rows, besides the plan and the
+    random stream. Per-alert arrays have length ``N`` (the chunk's alerts, in plan order); the
+    chunk's objects number ``M``.
+
+    Attributes
+    ----------
+    truth
+        Object-level truth of the chunk's ``M`` objects.
+    obj
+        ``(N,)`` int: each alert's object, index into ``truth``'s arrays.
+    kidx
+        ``(N,)`` int: rank of the alert among its object's alerts tonight (0 = the first).
+    cls
+        ``(N,)`` int: class per alert, index into :data:`CLASS_NAMES` (``truth.cls[obj]``).
+    fid
+        ``(N,)`` int: filter of the exposure (1 = g, 2 = r, 3 = i).
+    zp
+        ``(N,)`` photometric zero point of the science exposure [mag].
+    obs
+        Observing conditions per alert (seeing [pixels], sky and noise [DN], reference depth).
+    trail_len
+        ``(N,)`` length of the science-only trail [pixels] (0 unless a trailed asteroid).
+    sci, ref, diff
+        ``(N, 63, 63)`` float32 science, PSF-matched reference and difference (science minus
+        reference) cutouts [DN]; NaN where saturated.
+    positive
+        ``(N,)`` bool: the PSF-fit flux on the difference is >= 0 (``isdiffpos`` "t").
+    magpsf
+        ``(N,)`` PSF-fit magnitude of the detection [mag].
+    sigmapsf
+        ``(N,)`` its 1-sigma error [mag], floored at :data:`SIGMAPSF_FLOOR`.
+    diffmaglim
+        ``(N,)`` 5-sigma limiting magnitude of the difference image [mag].
+    snr
+        ``(N,)`` signal-to-noise ratio of the reported flux (at least 5: alerts are detections).
+    """
+
+    truth: ObjectTruth
+    obj: np.ndarray
+    kidx: np.ndarray
+    cls: np.ndarray
+    fid: np.ndarray
+    zp: np.ndarray
+    obs: ph.Observation
+    trail_len: np.ndarray
+    sci: np.ndarray
+    ref: np.ndarray
+    diff: np.ndarray
+    positive: np.ndarray
+    magpsf: np.ndarray
+    sigmapsf: np.ndarray
+    diffmaglim: np.ndarray
+    snr: np.ndarray
+
+
 def make_chunk(plan: NightPlan, chunk: int) -> list[tuple[dict, dict]]:
     """Build the alerts of one chunk of the plan.
 
@@ -511,27 +595,25 @@ def make_chunk(plan: NightPlan, chunk: int) -> list[tuple[dict, dict]]:
     # 0.6-0.9 of the SNR implied by diffmaglim for faint ones, and saturates near 50 when bright).
     sigmapsf = np.hypot(1.0857 * eflux / aflux * rng.uniform(1.0, 1.3, n), SIGMAPSF_FLOOR)
     diffmaglim = zp - 2.5 * np.log10(5 * eflux)
-    return _assemble(
-        plan,
-        chunk,
-        rng,
-        truth,
-        obj,
-        kidx,
-        cls,
-        fid,
-        obs,
-        zp,
-        scene,
-        sci,
-        ref,
-        diff,
-        positive,
-        magpsf,
-        sigmapsf,
-        diffmaglim,
-        aflux / eflux,
+    measured = MeasuredChunk(
+        truth=truth,
+        obj=obj,
+        kidx=kidx,
+        cls=cls,
+        fid=fid,
+        zp=zp,
+        obs=obs,
+        trail_len=scene.trail_len,
+        sci=sci,
+        ref=ref,
+        diff=diff,
+        positive=positive,
+        magpsf=magpsf,
+        sigmapsf=sigmapsf,
+        diffmaglim=diffmaglim,
+        snr=aflux / eflux,
     )
+    return _assemble(plan, chunk, rng, measured)
 
 
 def _neighbours(truth: ObjectTruth, rng: np.random.Generator):
@@ -747,29 +829,35 @@ def _filename(date: str, jd: float, field: int, fid: int, rcid: int) -> str:
 
 
 def _assemble(
-    plan,
-    chunk,
-    rng,
-    truth,
-    obj,
-    kidx,
-    cls,
-    fid,
-    obs,
-    zp,
-    scene,
-    sci,
-    ref,
-    diff,
-    positive,
-    magpsf,
-    sigmapsf,
-    diffmaglim,
-    snr,
-):
-    """Candidate fields, histories, defects and cutouts -> alert records and label rows."""
+    plan: NightPlan, chunk: int, rng: np.random.Generator, measured: MeasuredChunk
+) -> list[tuple[dict, dict]]:
+    """Candidate fields, histories, defects and cutouts -> alert records and label rows.
+
+    Parameters
+    ----------
+    plan
+        The night plan.
+    chunk
+        Chunk index.
+    rng
+        The chunk's random stream, as :func:`make_chunk` left it (the draws here continue it, so
+        their order fixes the output of a seed).
+    measured
+        The chunk's alerts as drawn, rendered and measured.
+
+    Returns
+    -------
+    list of (dict, dict)
+        ``(alert record, label row)`` per alert, in plan order (see :func:`make_chunk`).
+    """
     from simulator.writer import encode_stamp
 
+    # Short local names: the candidate table below reads them dozens of times.
+    truth, obj, kidx, cls = measured.truth, measured.obj, measured.kidx, measured.cls
+    fid, zp, obs = measured.fid, measured.zp, measured.obs
+    sci, ref, diff = measured.sci, measured.ref, measured.diff
+    positive, magpsf, sigmapsf = measured.positive, measured.magpsf, measured.sigmapsf
+    diffmaglim, snr = measured.diffmaglim, measured.snr
     n = cls.size
     o0 = int(plan.chunks[chunk])
     a0 = int(plan.first_alert[o0])
@@ -799,7 +887,7 @@ def _assemble(
     fw = np.where(sharp_art, rng.uniform(0.7, 1.4, n), fw)
     fw = np.where(broad_art, rng.uniform(4.0, 10.0, n), fw)
     fw = np.where(bkind == 4, fw * rng.uniform(1.0, 1.6, n), fw)
-    tl = scene.trail_len
+    tl = measured.trail_len
     elong = np.where(tl > 0, 1 + tl / obs.fwhm_sci, 1 + np.abs(rng.normal(0, 0.07, n)))
     elong = np.where(is_bog, elong * rng.uniform(1.0, 1.8, n), elong)
     aimage = fw * 0.3 * np.sqrt(elong)
