@@ -23,7 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from bench.serving import load_serving
+from bench.timing import best_rate
 from transforms.schema import CUTOUT_FIELDS, FEATURES_PRODUCTION, STAMP_KINDS, STAMP_SIZE
+
+__all__ = [
+    "astropy_cube",
+    "baseline_rate",
+    "classify_file",
+    "per_alert_features",
+    "per_alert_features_rate",
+]
 
 
 def astropy_cube(record: dict[str, Any]) -> np.ndarray | None:
@@ -109,7 +119,6 @@ def baseline_rate(paths: Sequence[str | Path], model_dir: str | Path) -> dict[st
     """
     import fastavro
 
-    from bench.stages import load_serving
     from transforms.features import sky_coordinates
 
     predict = load_serving(model_dir)
@@ -138,7 +147,6 @@ def baseline_rate(paths: Sequence[str | Path], model_dir: str | Path) -> dict[st
 
 def per_alert_features_rate(candidates: Sequence[dict[str, Any]], repeat: int = 3) -> float:
     """alerts/s of :func:`per_alert_features` (the per-alert featurisation baseline)."""
-    from bench.stages import _best_rate
     from transforms.features import sky_coordinates
 
     sky_coordinates(np.zeros(1), np.zeros(1))
@@ -148,4 +156,4 @@ def per_alert_features_rate(candidates: Sequence[dict[str, Any]], repeat: int = 
             per_alert_features(c)
         return len(candidates)
 
-    return _best_rate(once, repeat)
+    return best_rate(once, repeat)

@@ -16,16 +16,32 @@ same thread settings as the model).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.serving import load_serving
+from bench.timing import best_rate
 from model.network import NetworkConfig
 from transforms.alerts import Alert
 from transforms.schema import CLASS_NAMES, FEATURES_PRODUCTION
+
+__all__ = [
+    "FEATURIZE_BATCH",
+    "INFERENCE_BATCHES",
+    "PRODUCTION",
+    "build_bench_model",
+    "examples_of",
+    "featurize_rate",
+    "inference_rates",
+    "machine_gflops",
+    "measure_stages",
+    "model_flops_per_alert",
+    "model_macs",
+    "transform_rate",
+]
 
 #: The production layout the benchmark model is built with (SPEC §6).
 PRODUCTION = NetworkConfig(kernel_size=5, crop=21, n_features=len(FEATURES_PRODUCTION))
@@ -33,24 +49,6 @@ PRODUCTION = NetworkConfig(kernel_size=5, crop=21, n_features=len(FEATURES_PRODU
 INFERENCE_BATCHES = (1, 64, 256)
 #: Alerts per featurisation call (what a Beam bundle of that size would see).
 FEATURIZE_BATCH = 1000
-
-
-def _best_rate(fn: Callable[[], int], repeat: int, min_seconds: float = 0.0) -> float:
-    """Best-of-``repeat`` items/s of ``fn`` (which returns how many items it processed).
-
-    Each pass calls ``fn`` until at least ``min_seconds`` have elapsed, so short calls are timed
-    over many iterations.
-    """
-    best = 0.0
-    for _ in range(max(1, repeat)):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            n += fn()
-            elapsed = time.perf_counter() - t0
-            if elapsed >= min_seconds:
-                break
-        best = max(best, n / elapsed)
-    return best
 
 
 def model_macs(config: NetworkConfig = PRODUCTION) -> dict[str, int]:
@@ -146,8 +144,8 @@ def machine_gflops(size: int = 2048, seconds: float = 2.0) -> dict[str, float]:
 
     np_pass()
     return {
-        "tensorflow": _best_rate(tf_pass, 3, seconds / 3) * flops / 1e9,
-        "numpy": _best_rate(np_pass, 3, seconds / 3) * flops / 1e9,
+        "tensorflow": best_rate(tf_pass, 3, seconds / 3) * flops / 1e9,
+        "numpy": best_rate(np_pass, 3, seconds / 3) * flops / 1e9,
     }
 
 
@@ -226,7 +224,7 @@ def featurize_rate(alerts: Sequence[Alert], repeat: int = 3, batch: int = FEATUR
             featurize_alerts(alerts[i : i + batch], FEATURES_PRODUCTION, "drop")
         return len(alerts)
 
-    return _best_rate(once, repeat)
+    return best_rate(once, repeat)
 
 
 def transform_rate(
@@ -241,26 +239,7 @@ def transform_rate(
         apply_transform(str(transform_dir), features, stamps)
         return len(features)
 
-    return _best_rate(once, repeat)
-
-
-def load_serving(model_dir: str | Path) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """The SavedModel's ``serving_default`` signature as ``predict(features, stamps) -> probs``,
-    loaded the way the pipeline's model handler loads it."""
-    import tensorflow as tf
-
-    from model.handler import StampClassifierHandler
-    from transforms.schema import RAW_FEATURES_KEY, RAW_STAMPS_KEY, SERVING_OUTPUT_KEY
-
-    signature = StampClassifierHandler(str(model_dir)).load_model().signatures["serving_default"]
-
-    def predict(features: np.ndarray, stamps: np.ndarray) -> np.ndarray:
-        out = signature(
-            **{RAW_FEATURES_KEY: tf.constant(features), RAW_STAMPS_KEY: tf.constant(stamps)}
-        )
-        return out[SERVING_OUTPUT_KEY].numpy()
-
-    return predict
+    return best_rate(once, repeat)
 
 
 def inference_rates(
@@ -301,7 +280,7 @@ def inference_rates(
             predict(f, s)
             return len(f)
 
-        rates[b] = _best_rate(once, 3, seconds / 3)
+        rates[b] = best_rate(once, 3, seconds / 3)
     return rates
 
 
