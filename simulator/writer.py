@@ -38,6 +38,10 @@ SCHEMA_FILES = ("cutout", "candidate", "prv_candidate", "fp_hist", "alert")
 SCHEMA_VERSION = "4.02"
 #: Fixed Avro sync marker, so output bytes depend only on the seed.
 SYNC_MARKER = b"stampflow-ztf402"
+#: Key order of a record field in the rendered writer schema (that of the ``.avsc`` files); other
+#: keys follow in their parsed order.
+FIELD_KEY_ORDER = ("name", "type", "default", "doc", "aliases")
+_FIELD_KEY_RANK = {key: i for i, key in enumerate(FIELD_KEY_ORDER)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,12 +51,42 @@ def load_alert_schema() -> dict[str, Any]:
     Returns
     -------
     dict
-        The parsed schema (``fastavro.parse_schema`` form), cached for the process.
+        The parsed schema (``fastavro.parse_schema`` form), cached for the process, with the keys
+        of every record field in :data:`FIELD_KEY_ORDER` (see :func:`_order_field_keys`).
     """
     root = resources.files("simulator") / "schema"
     with resources.as_file(root) as path:
         schema = load_schema_ordered([str(path / f"{name}.avsc") for name in SCHEMA_FILES])
-    return fastavro.parse_schema(schema)
+    parsed = fastavro.parse_schema(schema)
+    _order_field_keys(parsed, set())
+    return parsed
+
+
+def _order_field_keys(node: Any, seen: set[int]) -> None:
+    """Put the keys of every record field in ``node`` in :data:`FIELD_KEY_ORDER`, in place.
+
+    :func:`fastavro.writer` renders the container header with ``json.dumps`` of the parsed schema,
+    and ``fastavro.parse_schema`` copies a field's optional properties (``doc``, ``default``,
+    ``aliases``) by iterating a ``set`` of their names, so their order, hence the header bytes,
+    would depend on ``PYTHONHASHSEED``. Dicts are reordered in place so the parsed schema's shared
+    references (``__named_schemas``) stay valid.
+    """
+    if isinstance(node, list):
+        for item in node:
+            _order_field_keys(item, seen)
+        return
+    if not isinstance(node, dict) or id(node) in seen:
+        return
+    seen.add(id(node))
+    for value in node.values():
+        _order_field_keys(value, seen)
+    if node.get("type") == "record" and isinstance(node.get("fields"), list):
+        for fld in node["fields"]:
+            items = sorted(
+                fld.items(), key=lambda kv: _FIELD_KEY_RANK.get(kv[0], len(FIELD_KEY_ORDER))
+            )
+            fld.clear()
+            fld.update(items)
 
 
 def fits_bytes(image: np.ndarray) -> bytes:

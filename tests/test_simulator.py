@@ -6,6 +6,9 @@ import csv
 import gzip
 import io
 import itertools
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -137,6 +140,35 @@ def test_deterministic_and_independent_of_workers(tmp_path):
     assert all(x.read_bytes() == y.read_bytes() for x, y in zip(fa, fb, strict=True))
     assert a.labels_path.read_bytes() == b.labels_path.read_bytes()
     assert {f.name for f in c.out_dir.glob("*.avro")}.isdisjoint({f.name for f in fa})
+
+
+_SIMULATE_SNIPPET = """
+import sys
+from simulator import simulate
+s = simulate(4, sys.argv[1], seed=3, night="20190101", fmt="tar", workers=1)
+sys.stdout.buffer.write(s.archive_path.read_bytes() + s.labels_path.read_bytes())
+"""
+
+
+def test_output_bytes_independent_of_hash_seed(tmp_path):
+    # The Avro header embeds the writer-schema JSON; fastavro fills each field's optional
+    # properties ("doc", "default", ...) by iterating a set, so without canonicalisation the
+    # header text (and the archive) changed with PYTHONHASHSEED (seeds 1 and 2 differ).
+    root = Path(__file__).resolve().parents[1]
+    outputs = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        run = subprocess.run(
+            [sys.executable, "-c", _SIMULATE_SNIPPET, str(tmp_path / hash_seed)],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        outputs.append(run.stdout)
+    assert outputs[0], "simulator wrote nothing"
+    assert outputs[0] == outputs[1]
 
 
 def test_tar_archive_is_readable(tmp_path):
