@@ -11,7 +11,6 @@ the span from the first publish to the last row.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -149,9 +148,9 @@ def measure(
     from google.cloud import pubsub_v1
 
     from bench.emulators import PubSubEmulator, pubsub_missing_requirements
+    from pipeline.options import parse
     from pipeline.publish import containers, publish
-    from pipeline.run_job import add_arguments
-    from pipeline.streaming import start_streaming
+    from pipeline.run_job import start_streaming
     from transforms.alerts import decode_alerts
     from transforms.rules import history_skip_reason
 
@@ -178,9 +177,7 @@ def measure(
             publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
             for i, rate in enumerate(rates):
                 names = create_topics(publisher, subscriber, (f"alerts{i}", f"rows{i}"))
-                parser = argparse.ArgumentParser()
-                add_arguments(parser)
-                args, beam_args = parser.parse_known_args(
+                opts = parse(
                     [
                         "--streaming",
                         "--input-subscription", names[f"alerts{i}"][1],
@@ -190,7 +187,7 @@ def measure(
                     ]
                 )  # fmt: skip
                 rows = Collector(subscriber, names[f"rows{i}"][1])
-                job = start_streaming(args, beam_args)
+                job = start_streaming(opts)
                 published: dict[str, float] = {}
                 try:
                     time.sleep(5)  # the reader starts pulling, RunInference loads the model

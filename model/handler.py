@@ -27,6 +27,20 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.schema import CLASS_NAMES, RAW_FEATURES_KEY, RAW_STAMPS_KEY, SERVING_OUTPUT_KEY
 
+__all__ = [
+    "MAX_BATCH",
+    "METADATA_FILE",
+    "MIN_BATCH",
+    "ModelDirError",
+    "PollingHandler",
+    "StampClassifierHandler",
+    "VersionedHandler",
+    "WatchedModel",
+    "model_dirs_newest_first",
+    "read_metadata",
+    "write_metadata",
+]
+
 METADATA_FILE = "stampflow_model.json"
 #: Batch bounds for ``BatchElements`` in front of the model: large enough to amortise the
 #: TensorFlow call, small enough to keep a worker's memory flat (a raw example is ~48 kB).
@@ -229,3 +243,63 @@ class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
 
     def share_model_across_processes(self) -> bool:
         return False
+
+
+class VersionedHandler(StampClassifierHandler):
+    """:class:`StampClassifierHandler` that follows RunInference's model side input.
+
+    The directory a model was loaded from is stored on the loaded object and returned as every
+    prediction's ``model_id``, so each result names the model that computed it. Without a side
+    input (batch) every ``model_id`` is ``model_dir``.
+    """
+
+    def update_model_path(self, model_path: str | None = None) -> None:
+        if model_path:
+            self.model_dir = model_path
+
+    def load_model(self) -> Any:
+        model = super().load_model()
+        model.stampflow_model_dir = self.model_dir  # travels with the model, not the handler
+        return model
+
+    def run_inference(
+        self, batch: Sequence[Example], model: Any, inference_args: dict | None = None
+    ) -> Iterable[PredictionResult]:
+        model_id = getattr(model, "stampflow_model_dir", self.model_dir)
+        return [
+            PredictionResult(r.example, r.inference, model_id)
+            for r in super().run_inference(batch, model, inference_args)
+        ]
+
+
+class PollingHandler(StampClassifierHandler):
+    """:class:`StampClassifierHandler` whose model follows a glob by itself (any runner).
+
+    The loaded "model" is a :class:`WatchedModel`; every prediction's ``model_id`` is the
+    directory of the version that computed it.
+
+    Parameters
+    ----------
+    model_dir
+        The version to serve until ``pattern`` matches one.
+    pattern
+        Glob of version directories' ``stampflow_model.json``.
+    interval_s
+        Seconds between looks at the glob.
+    """
+
+    def __init__(self, model_dir: str, pattern: str, interval_s: float) -> None:
+        super().__init__(model_dir)
+        self.pattern, self.interval_s = pattern, interval_s
+
+    def load_model(self) -> WatchedModel:
+        return WatchedModel(self.pattern, self.model_dir, self.interval_s)
+
+    def run_inference(
+        self, batch: Sequence[Example], model: Any, inference_args: dict | None = None
+    ) -> Iterable[PredictionResult]:
+        loaded, model_dir = model.current()
+        return [
+            PredictionResult(r.example, r.inference, model_dir)
+            for r in super().run_inference(batch, loaded, inference_args)
+        ]

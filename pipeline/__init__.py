@@ -1,24 +1,27 @@
 """stampflow pipelines: ZTF alerts in, first-detection class probabilities out.
 
-The data flow of ``stampflow run`` (:mod:`pipeline.run_job`), one composite PTransform per stage,
-one stage per module of :mod:`transforms`::
+``stampflow run`` (:mod:`pipeline.run_job`) is one chain of labelled composites, the same stages
+in batch and streaming, one stage per module::
 
-    ReadAlerts (transforms.ingest)          files / dirs / globs / tar.gz / gs://  → Alert
-      └─ SelectFirstDetections (transforms.selection)   history check, earliest per object
-                                                         (ids shuffled, winners read again)
-           └─ Featurize (transforms.featurize)            23 features + raw 63×63×3 stamps
-                └─ Classify: RunInference (model.handler)   tf.Transform graph + CNN SavedModel
-                     └─ ApplyRules (transforms.rules)         ALeRCE's rules, rule column
-                          └─ sinks: probabilities, sky density (transforms.density),
-                                    SN candidates (pipeline.reports), BigQuery (pipeline.bigquery)
-    every stage ──▶ dead letters {stage, reason, source, raw bytes}, counted; summary reconciled
+    ReadAlerts              transforms.ingest (files, archives, gs://) | pipeline.pubsub (Pub/Sub)
+      └─ SelectFirstDetections   transforms.selection | transforms.streaming_state
+           └─ Featurize             transforms.featurize (23 features + raw 63×63×3 stamps)
+                └─ Classify            pipeline.classify (RunInference, model.handler)
+                     └─ ApplyRules        pipeline.classify (ALeRCE's rules, transforms.rules)
+                          └─ SkyDensity      transforms.density (per night) | per window
+                               └─ WriteOutputs  pipeline.sinks: Parquet, SN page | topics;
+                                                BigQuery (pipeline.bigquery); refused rows
+                                                come back as dead letters
+    every stage ──▶ CollectDeadLetters ─ WriteDeadLetters   {stage, reason, source, raw bytes}
+    every record ─▶ CountOutcomes (pipeline.summary) ─▶ summary.json, reconciled
 
-Streaming (:mod:`pipeline.streaming`) runs the same stages on Pub/Sub with stateful selection
-(:mod:`transforms.streaming_state`). Other jobs (``stampflow COMMAND``, see :mod:`pipeline.cli`):
-``train``/``evaluate`` (:mod:`model.train`), ``import-alerce`` (:mod:`model.alerce`),
+Options are parsed and validated once into a frozen :class:`pipeline.options.RunOptions`; a
+user's mistake is one line and exit status 2 (:mod:`pipeline.errors`). Other jobs (``stampflow
+COMMAND``, see :mod:`pipeline.cli`): ``train``/``evaluate`` (:mod:`model.train`),
+``import-alerce`` (:mod:`model.alerce`), ``compare``, ``label``, ``gap``,
 ``simulate``/``montage`` (:mod:`simulator`), ``publish``, ``decode``, ``bench``.
 
-Local runs name their runner (``FnApiRunner``), so nothing is downloaded; on Dataflow add
-``--runner DataflowRunner --project P --region R --temp_location gs://B/tmp``
-``--setup_file ./setup.py``.
+Local runs name their runner (``FnApiRunner``, or ``BundleBasedDirectRunner`` for streaming), so
+nothing is downloaded; on Dataflow add ``--runner DataflowRunner --project P --region R``
+``--temp_location gs://B/tmp --setup_file ./setup.py``.
 """

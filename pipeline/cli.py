@@ -103,10 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     from model.handler import ModelDirError
+    from pipeline.errors import UserError
 
     try:
         return int(args.func(args) or 0)
-    except ModelDirError as e:  # a user's wrong path, not a bug: no traceback
+    except (ModelDirError, UserError) as e:  # a user's mistake, not a bug: no traceback
         print(f"stampflow {args.command}: {e}", file=sys.stderr)
         return 2
 

@@ -25,19 +25,24 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.cutouts import DEAD_LETTERS, DecodeCutouts
-from transforms.dead_letters import reason_code, to_json_line
-from transforms.ingest import ALERTS, ReadAlerts
+from pipeline.options import BATCH_RUNNER, check_inputs, check_output
+from pipeline.summary import dead_keys, group
+from transforms.cutouts import DecodeCutouts
+from transforms.dead_letters import to_json_line
+from transforms.ingest import ReadAlerts
+from transforms.schema import (
+    COUNT_DEAD_PREFIX,
+    COUNT_DECODED,
+    COUNT_REASON_PREFIX,
+    TAG_ALERTS,
+    TAG_DEAD_LETTERS,
+)
 
 
 def _alert_keys(item: tuple[Any, dict[str, Any]]) -> list[str]:
     alert, images = item
     shape = "x".join(str(n) for n in images["science"].shape)
-    return [f"schema={alert.schema_version}", f"shape={shape}", "alerts"]
-
-
-def _dead_keys(record: dict[str, Any]) -> list[str]:
-    return [f"dead={record['stage']}", f"reason={record['stage']}:{reason_code(record)}"]
+    return [f"schema={alert.schema_version}", f"shape={shape}", COUNT_DECODED]
 
 
 def summarise(counts: dict[str, int]) -> dict[str, Any]:
@@ -46,7 +51,7 @@ def summarise(counts: dict[str, int]) -> dict[str, Any]:
     Parameters
     ----------
     counts
-        Counts keyed ``alerts``, ``schema=V``, ``shape=RxC``, ``dead=STAGE``,
+        Counts keyed ``decoded``, ``schema=V``, ``shape=RxC``, ``dead=STAGE``,
         ``reason=STAGE:CODE``.
 
     Returns
@@ -56,18 +61,15 @@ def summarise(counts: dict[str, int]) -> dict[str, Any]:
         shapes; ``records_in == alerts_ok + sum(dead_letters)`` by construction of the counts.
     """
 
-    def group(prefix: str) -> dict[str, int]:
-        return {k[len(prefix) :]: v for k, v in sorted(counts.items()) if k.startswith(prefix)}
-
-    dead = group("dead=")
-    ok = counts.get("alerts", 0)
+    dead = group(counts, COUNT_DEAD_PREFIX)
+    ok = counts.get(COUNT_DECODED, 0)
     return {
         "records_in": ok + sum(dead.values()),
         "alerts_ok": ok,
         "dead_letters": dead,
-        "dead_letter_reasons": group("reason="),
-        "schema_versions": group("schema="),
-        "stamp_shapes": group("shape="),
+        "dead_letter_reasons": group(counts, COUNT_REASON_PREFIX),
+        "schema_versions": group(counts, "schema="),
+        "stamp_shapes": group(counts, "shape="),
     }
 
 
@@ -95,13 +97,13 @@ def build(pipeline: beam.Pipeline, inputs: list[str], output: str) -> None:
         Output directory (local or any Beam filesystem).
     """
     read = pipeline | "ReadAlerts" >> ReadAlerts(inputs)
-    stamps = read[ALERTS] | "DecodeCutouts" >> beam.ParDo(DecodeCutouts()).with_outputs(
-        DEAD_LETTERS, main="ok"
+    stamps = read[TAG_ALERTS] | "DecodeCutouts" >> beam.ParDo(DecodeCutouts()).with_outputs(
+        TAG_DEAD_LETTERS, main="ok"
     )
-    dead = (read[DEAD_LETTERS], stamps[DEAD_LETTERS]) | "AllDeadLetters" >> beam.Flatten()
+    dead = (read[TAG_DEAD_LETTERS], stamps[TAG_DEAD_LETTERS]) | "AllDeadLetters" >> beam.Flatten()
     keys = (
         stamps.ok | "AlertKeys" >> beam.FlatMap(_alert_keys),
-        dead | "DeadKeys" >> beam.FlatMap(_dead_keys),
+        dead | "DeadKeys" >> beam.FlatMap(dead_keys),
     ) | "AllKeys" >> beam.Flatten()
     (
         keys
@@ -156,7 +158,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runner",
         type=str,
-        default="FnApiRunner",
+        default=BATCH_RUNNER,
         help="Beam runner (default: %(default)s, local and in-process)",
     )
 
@@ -164,6 +166,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(
     args: argparse.Namespace, beam_args: list[str], test_pipeline: beam.Pipeline | None = None
 ) -> dict:
+    # The same up-front checks as ``stampflow run``: a typo'd input or an unwritable output is
+    # one line and exit status 2, not an empty "successful" run or a traceback at the end.
+    check_inputs(args.inputs, flag="input")
+    check_output(args.output)
     options = PipelineOptions(beam_args, runner=args.runner)
     started = time.perf_counter()
     if test_pipeline is not None:

@@ -18,13 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from transforms.alerts import decode_alerts
+from transforms.schema import EVENT_TIME_ATTRIBUTE, SOURCE_ATTRIBUTE
 from transforms.sources import ReadError, expand_pattern, read_path
 from transforms.streaming_state import jd_to_unix
-
-#: Pub/Sub attribute naming where a message came from (the job's dead letters quote it).
-SOURCE_ATTRIBUTE = "source"
-#: Pub/Sub attribute with the container's earliest event time [ms since the Unix epoch].
-EVENT_TIME_ATTRIBUTE = "event_time"
 
 
 def containers(paths: Sequence[str]) -> Iterator[tuple[str, bytes] | ReadError]:

@@ -44,11 +44,13 @@ def test_a_wrong_model_directory_is_a_message_not_a_traceback(tmp_path, capsys):
     parent = tmp_path / "bench-model"
     (parent / "model").mkdir(parents=True)
     (parent / "model" / METADATA_FILE).write_text("{}")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.avro").write_bytes(mini_container([mini_record(1)]))
     code = cli.main(
         [
             "run",
             "--input",
-            str(tmp_path),
+            str(tmp_path / "in"),
             "--output",
             str(tmp_path / "o"),
             "--model",

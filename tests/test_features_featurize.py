@@ -16,7 +16,6 @@ from apache_beam.testing.util import assert_that, equal_to
 from tests.helpers import ALERTS_DIR, load_real_alerts
 from transforms.alerts import Alert
 from transforms.featurize import (
-    DEAD_LETTERS_TAG,
     METRIC_DEAD_FEATURES,
     METRIC_DEAD_STAMPS,
     METRIC_IMPUTED_PREFIX,
@@ -35,6 +34,8 @@ from transforms.schema import (
     RAW_STAMPS_KEY,
     STAGE_FEATURES,
     STAGE_STAMPS,
+    TAG_DEAD_LETTERS,
+    TAG_EXAMPLES,
 )
 
 
@@ -71,7 +72,7 @@ def test_featurize_dofn_called_directly(batch: tuple[list[Alert], dict[str, int]
     dead = [o.value for o in outputs if isinstance(o, beam.pvalue.TaggedOutput)]
     examples = [o for o in outputs if not isinstance(o, beam.pvalue.TaggedOutput)]
     tags = {o.tag for o in outputs if isinstance(o, beam.pvalue.TaggedOutput)}
-    assert tags == {DEAD_LETTERS_TAG}
+    assert tags == {TAG_DEAD_LETTERS}
     assert [c for c, _ in examples] == [a.candid for a in alerts[:6]] + [3]
     for _, example in examples:
         assert example[RAW_FEATURES_KEY].shape == (23,)
@@ -87,6 +88,37 @@ def test_featurize_dofn_called_directly(batch: tuple[list[Alert], dict[str, int]
     assert by_candid[1]["stage"] == STAGE_STAMPS and "null" in by_candid[1]["reason"]
     assert by_candid[2]["stage"] == STAGE_FEATURES and "magpsf" in by_candid[2]["reason"]
     assert by_candid[2]["raw"] == alerts[0].raw and by_candid[2]["objectId"] == alerts[0].object_id
+
+
+def test_two_records_sharing_a_candid_keep_their_own_metadata(batch) -> None:
+    # Examples used to be matched back to their alerts through {candid: alert}: the second
+    # record with a candid got the first one's key (objectId, position, cutouts).
+    alerts, _ = batch
+    first, second = alerts[0], _with(alerts[1], candid=alerts[0].candid)
+    assert first.candid == second.candid and first.object_id != second.object_id
+    dofn = FeaturizeBatchDoFn(FEATURES_PRODUCTION, key=lambda a: (a.object_id, a.candidate["ra"]))
+    dofn.setup()
+    keys = [k for k, _ in dofn.process([first, second])]
+    assert keys == [
+        (first.object_id, first.candidate["ra"]),
+        (second.object_id, second.candidate["ra"]),
+    ]
+
+
+def test_letters_of_slim_alerts_name_their_file_and_read_nothing(batch, monkeypatch) -> None:
+    # featurize_alerts is pure: a slim alert's letter carries no bytes and says where they are
+    # (the batch dead-letter sink reads them back, once per file).
+    import transforms.sources as sources
+    from transforms.dead_letters import REREAD_PATH
+
+    monkeypatch.setattr(sources, "read_path", lambda *_: pytest.fail("featurize read a file"))
+    alerts, _ = batch
+    broken = _with(alerts[0], cutoutTemplate=None, candid=1)
+    slim = dataclasses.replace(broken.slim(), path="night.tar.gz")
+    (letter,) = featurize_alerts([slim]).dead_letters
+    assert letter["raw"] == b"" and letter[REREAD_PATH] == "night.tar.gz"
+    (full,) = featurize_alerts([broken]).dead_letters
+    assert full["raw"] == broken.raw and REREAD_PATH not in full
 
 
 def test_pad_policy_keeps_edge_stamps(batch: tuple[list[Alert], dict[str, int]]) -> None:
@@ -108,12 +140,12 @@ def test_featurize_in_pipeline(batch: tuple[list[Alert], dict[str, int]]) -> Non
         | beam.Create(alerts)
         | Featurize(FEATURES_PRODUCTION, "drop", min_batch_size=4, max_batch_size=4)
     )
-    shapes = outputs.examples | "Shapes" >> beam.Map(
+    shapes = outputs[TAG_EXAMPLES] | "Shapes" >> beam.Map(
         lambda kv: (kv[0], kv[1][RAW_FEATURES_KEY].shape, kv[1][RAW_STAMPS_KEY].shape)
     )
     expected = [(a.candid, (23,), (63, 63, 3)) for a in alerts[:6]] + [(3, (23,), (63, 63, 3))]
     assert_that(shapes, equal_to(expected), label="CheckExamples")
-    dead = outputs.dead_letters | "Stages" >> beam.Map(lambda d: (d["candid"], d["stage"]))
+    dead = outputs[TAG_DEAD_LETTERS] | "Stages" >> beam.Map(lambda d: (d["candid"], d["stage"]))
     assert_that(
         dead,
         equal_to([(595277915515015000, STAGE_STAMPS), (1, STAGE_STAMPS), (2, STAGE_FEATURES)]),

@@ -12,7 +12,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from tests.helpers import BAD, REAL, mini_container, mini_record, needs_bad, needs_real
 from transforms.cutouts import DecodeCutouts
 from transforms.dead_letters import reason_code
-from transforms.ingest import ALERTS, DEAD_LETTERS, DecodeAlerts, ReadAlerts
+from transforms.ingest import DecodeAlerts, ReadAlerts
+from transforms.schema import TAG_ALERTS as ALERTS
+from transforms.schema import TAG_DEAD_LETTERS as DEAD_LETTERS
 
 # What every broken real input must become: file name -> (stage, reason code).
 BAD_EXPECTED = {

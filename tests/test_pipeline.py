@@ -199,7 +199,8 @@ def test_multi_process_runner(night, model_dir, tmp_path):
     assert summary["reconciled"] and summary["classified"] > 0
 
 
-def test_bigquery_rows_equal_parquet_rows_and_reruns_replace(first_run, night, model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def bigquery(tmp_path_factory):
     from bench.emulators import (
         BigQueryEmulator,
         EmulatorUnavailableError,
@@ -210,26 +211,105 @@ def test_bigquery_rows_equal_parquet_rows_and_reruns_replace(first_run, night, m
     if reason:
         pytest.skip(reason)
     try:
-        emulator = BigQueryEmulator.start(tmp_path / "bq")
+        emulator = BigQueryEmulator.start(tmp_path_factory.mktemp("bq"))
     except EmulatorUnavailableError as e:
         pytest.skip(f"BigQuery emulator cannot be started: {e}")
-    try:
-        args = [
-            "--input", str(night), "--model", str(model_dir),
-            "--bigquery-dataset", f"{emulator.project}:night",
+    with emulator:
+        yield emulator
+
+
+def test_bigquery_rows_equal_parquet_rows_and_reruns_replace(
+    first_run, night, model_dir, tmp_path, bigquery
+):
+    emulator = bigquery
+    args = [
+        "--input", str(night), "--model", str(model_dir),
+        "--bigquery-dataset", f"{emulator.project}:night",
+        "--bigquery-emulator", emulator.url,
+    ]  # fmt: skip
+    for i in range(2):  # the second run of the same night must replace, not duplicate
+        run([*args, "--output", str(tmp_path / f"out{i}")])
+    client = emulator.client()
+    table = f"{emulator.project}.night.probabilities"
+    bq = [dict(r) for r in client.query(f"SELECT * FROM `{table}`").result()]
+    parquet = _rows(first_run[0])
+    key = lambda r: r["candid"]  # noqa: E731
+    assert len(bq) == len(parquet)
+    for got, want in zip(sorted(bq, key=key), sorted(parquet, key=key), strict=True):
+        assert set(got) == set(want)
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v) if isinstance(v, float) else got[k] == v, k
+
+
+def test_rows_bigquery_refuses_become_dead_letters_and_the_run_reconciles(
+    first_run, night, model_dir, tmp_path, bigquery, monkeypatch
+):
+    # A table whose `rule` column is INTEGER (a schema that drifted): BigQuery refuses exactly
+    # the rows where a rule fired. They used to vanish (WriteTables' failed rows were dropped);
+    # now each is a `bigquery` dead letter, in the files and in the dead_letters table, and the
+    # rows are still in the Parquet output.
+    from google.cloud import bigquery as gbq
+
+    import pipeline.bigquery as bq
+
+    real_schemas = bq.table_schemas
+
+    def drifted():
+        schemas = real_schemas()
+        schemas["probabilities"] = [
+            gbq.SchemaField(f.name, "INTEGER", mode=f.mode) if f.name == "rule" else f
+            for f in schemas["probabilities"]
+        ]
+        return schemas
+
+    monkeypatch.setattr(bq, "table_schemas", drifted)
+    emulator = bigquery
+    out = tmp_path / "out"
+    summary = run(
+        [
+            "--input", str(night), "--model", str(model_dir), "--output", str(out),
+            "--bigquery-dataset", f"{emulator.project}:drifted",
             "--bigquery-emulator", emulator.url,
-        ]  # fmt: skip
-        for i in range(2):  # the second run of the same night must replace, not duplicate
-            run([*args, "--output", str(tmp_path / f"out{i}")])
-        client = emulator.client()
-        table = f"{emulator.project}.night.probabilities"
-        bq = [dict(r) for r in client.query(f"SELECT * FROM `{table}`").result()]
-        parquet = _rows(first_run[0])
-        key = lambda r: r["candid"]  # noqa: E731
-        assert len(bq) == len(parquet)
-        for got, want in zip(sorted(bq, key=key), sorted(parquet, key=key), strict=True):
-            assert set(got) == set(want)
-            for k, v in want.items():
-                assert got[k] == pytest.approx(v) if isinstance(v, float) else got[k] == v, k
-    finally:
-        emulator.stop()
+        ]
+    )  # fmt: skip
+    ruled = sorted(r["candid"] for r in _rows(out) if r["rule"])
+    assert ruled, "the simulated night should fire the known-asteroid rule"
+    assert summary["reconciled"]
+    assert summary["dead_letters"]["bigquery"] == len(ruled)
+    assert summary["classified"] == first_run[1]["classified"] == len(_rows(out))
+    letters = [json.loads(x) for f in (out / "dead_letters").glob("*.jsonl") for x in f.open()]
+    refused = [d for d in letters if d["stage"] == "bigquery"]
+    assert sorted(d["candid"] for d in refused) == ruled
+    assert all(d["reason"].startswith("rejected: probabilities__staging_") for d in refused)
+    client = emulator.client()
+    rows = client.query(f"SELECT candid FROM `{emulator.project}.drifted.probabilities`").result()
+    assert sorted(r["candid"] for r in rows) == sorted(
+        r["candid"] for r in _rows(out) if not r["rule"]
+    )
+    table = f"{emulator.project}.drifted.dead_letters"
+    in_table = client.query(f"SELECT candid FROM `{table}` WHERE stage = 'bigquery'").result()
+    assert sorted(r["candid"] for r in in_table) == ruled
+
+
+@pytest.mark.parametrize("select", ["first", "all"])
+def test_the_same_alerts_read_twice_give_one_row_each(
+    first_run, night, model_dir, tmp_path, select
+):
+    # Overlapping inputs (the night given twice): one row per alert, the copies skipped as
+    # duplicates, and the run reconciles (with --select all they used to be classified twice).
+    out = tmp_path / "twice"
+    summary = run(
+        ["--input", str(night), str(night), "--output", str(out), "--model", str(model_dir),
+         "--select", select]
+    )  # fmt: skip
+    rows = _rows(out)
+    assert len({r["candid"] for r in rows}) == len(rows) == summary["classified"]
+    once = first_run[1]
+    decoded = once["records_in"] - once["dead_letters"].get("decode", 0)
+    # --select first checks histories before looking for copies: a repeat detection is skipped
+    # for its history, whichever copy it is; every other alert's second copy is a duplicate.
+    history = once["skipped"]["earlier_detection_in_history"] if select == "first" else 0
+    assert summary["skipped"]["duplicate_candid"] == decoded - history
+    assert summary["records_in"] == 2 * once["records_in"] and summary["reconciled"]
+    if select == "first":
+        assert sorted(r["candid"] for r in rows) == sorted(r["candid"] for r in _rows(first_run[0]))

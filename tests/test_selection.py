@@ -13,12 +13,17 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.helpers import REAL, decoded_alerts, mini_container, mini_record, needs_real
-from transforms.ingest import ALERTS, ReadAlerts
+from transforms.ingest import ReadAlerts
 from transforms.rules import history_skip_reason
-from transforms.schema import SKIP_NOT_FIRST_IN_INPUT, STAGE_SELECT
+from transforms.schema import (
+    SKIP_DUPLICATE,
+    SKIP_NOT_FIRST_IN_INPUT,
+    STAGE_SELECT,
+    TAG_ALERTS,
+    TAG_DEAD_LETTERS,
+    TAG_SKIPPED,
+)
 from transforms.selection import (
-    DEAD_LETTERS,
-    SKIPPED,
     SelectFirstDetections,
     Sighting,
     _Reread,
@@ -120,12 +125,12 @@ def test_two_records_sharing_a_candid_are_two_winners(tmp_path):
     )
     with BeamTestPipeline() as p:
         read = p | ReadAlerts([str(path)])
-        sel = read[ALERTS] | SelectFirstDetections("first")
+        sel = read[TAG_ALERTS] | SelectFirstDetections("first")
         assert_that(
             sel["alerts"] | beam.Map(lambda a: a.object_id),
             equal_to(["ZTF99obja", "ZTF99objb"]),
         )
-        assert_that(sel[DEAD_LETTERS], equal_to([]), label="dead")
+        assert_that(sel[TAG_DEAD_LETTERS], equal_to([]), label="dead")
 
 
 def test_a_bang_in_a_directory_name_is_read_again(tmp_path, archive):
@@ -134,18 +139,18 @@ def test_a_bang_in_a_directory_name_is_read_again(tmp_path, archive):
     archive.rename(odd)
     with BeamTestPipeline() as p:
         read = p | ReadAlerts([str(odd)])
-        out = read[ALERTS] | SelectFirstDetections("first", spread=True)
+        out = read[TAG_ALERTS] | SelectFirstDetections("first", spread=True)
         assert_that(
             out["alerts"] | beam.Map(lambda a: a.candid),
             equal_to([1_000_000_000_003, 1_000_000_000_002]),
         )
-        assert_that(out[DEAD_LETTERS], equal_to([]), label="dead")
+        assert_that(out[TAG_DEAD_LETTERS], equal_to([]), label="dead")
 
 
 def test_pipeline_picks_one_alert_per_object_across_files_and_archives(archive):
     with BeamTestPipeline() as p:
         read = p | ReadAlerts([str(archive)])
-        out = read[ALERTS] | SelectFirstDetections("first")
+        out = read[TAG_ALERTS] | SelectFirstDetections("first")
         assert_that(
             out["alerts"] | beam.Map(lambda a: (a.object_id, a.candid, a.source)),
             equal_to(
@@ -157,7 +162,7 @@ def test_pipeline_picks_one_alert_per_object_across_files_and_archives(archive):
             label="winners",
         )
         assert_that(
-            out[SKIPPED],
+            out[TAG_SKIPPED],
             equal_to(
                 [
                     (SKIP_NOT_FIRST_IN_INPUT, 1_000_000_000_001),
@@ -166,17 +171,37 @@ def test_pipeline_picks_one_alert_per_object_across_files_and_archives(archive):
             ),
             label="skipped",
         )
-        assert_that(out[DEAD_LETTERS], equal_to([]), label="dead")
+        assert_that(out[TAG_DEAD_LETTERS], equal_to([]), label="dead")
 
 
-def test_a_file_given_twice_is_classified_once(archive):
+@pytest.mark.parametrize("mode", ["first", "all"])
+def test_a_file_given_twice_is_classified_once(archive, mode):
+    # Overlapping inputs: the second copy of an alert is a duplicate in both modes (it used to be
+    # classified twice with --select all).
     single = str(archive / "single.avro")
     with BeamTestPipeline() as p:
         read = p | ReadAlerts([single, single])
-        out = read[ALERTS] | SelectFirstDetections("first")
+        out = read[TAG_ALERTS] | SelectFirstDetections(mode)
         assert_that(out["alerts"] | beam.Map(lambda a: a.candid), equal_to([1_000_000_000_004]))
+        assert_that(out[TAG_SKIPPED], equal_to([(SKIP_DUPLICATE, 1_000_000_000_004)]), label="skip")
+        assert_that(out[TAG_DEAD_LETTERS], equal_to([]), label="dead")
+
+
+def test_select_all_keeps_every_distinct_alert_and_drops_copies(archive):
+    # Every alert once, later detections of an object included; reading the night twice makes
+    # the second copies the only skips.
+    with BeamTestPipeline() as p:
+        read = p | ReadAlerts([str(archive), str(archive)])
+        out = read[TAG_ALERTS] | SelectFirstDetections("all")
         assert_that(
-            out[SKIPPED], equal_to([(SKIP_NOT_FIRST_IN_INPUT, 1_000_000_000_004)]), label="skip"
+            out["alerts"] | beam.Map(lambda a: a.candid),
+            equal_to([1_000_000_000_000 + i for i in (1, 2, 3, 4)]),
+            label="alerts",
+        )
+        assert_that(
+            out[TAG_SKIPPED] | beam.MapTuple(lambda reason, _: reason),
+            equal_to([SKIP_DUPLICATE] * 4),
+            label="skips",
         )
 
 
@@ -196,15 +221,15 @@ def test_real_alerts_select_the_earliest_detection_without_history():
     assert len(expected) > 10
     with BeamTestPipeline() as p:
         read = p | ReadAlerts([str(REAL)])
-        out = read[ALERTS] | SelectFirstDetections("first")
+        out = read[TAG_ALERTS] | SelectFirstDetections("first")
         assert_that(
             out["alerts"] | beam.Map(lambda a: (a.candid, a.source)),
             equal_to(expected),
             label="winners",
         )
         assert_that(
-            out[SKIPPED] | beam.combiners.Count.Globally(),
+            out[TAG_SKIPPED] | beam.combiners.Count.Globally(),
             equal_to([len(alerts) - len(expected)]),
             label="skipped",
         )
-        assert_that(out[DEAD_LETTERS], equal_to([]), label="dead")
+        assert_that(out[TAG_DEAD_LETTERS], equal_to([]), label="dead")

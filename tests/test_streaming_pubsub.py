@@ -6,11 +6,11 @@ gcloud or its emulator is absent."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,10 @@ import pytest
 from bench.emulators import PubSubEmulator, pubsub_missing_requirements
 from bench.streaming import Collector, create_topics, latencies
 from model.handler import METADATA_FILE
+from pipeline.options import OptionsError, RunOptions, parse
 from pipeline.publish import containers, publish
-from pipeline.run_job import add_arguments, run
+from pipeline.run_job import run, start_streaming, streaming_counts
+from pipeline.summary import summarise
 from tests.helpers import BAD, REAL, decoded_alerts, export_random_model
 from transforms.alerts import decode_alerts
 from transforms.featurize import featurize_alerts
@@ -50,7 +52,7 @@ def model_dir(night, tmp_path_factory):
 
 
 def test_versioned_handler_names_the_model_that_ran(model_dir, night, tmp_path):
-    from pipeline.streaming import VersionedHandler
+    from model.handler import VersionedHandler
 
     v2 = tmp_path / "v2"
     shutil.copytree(model_dir, v2)
@@ -81,10 +83,8 @@ def _batch(inputs, model_dir, out):
     return summary, rows, [d for d in dead if d["stage"] != STAGE_READ]
 
 
-def _args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_known_args(argv)
+def _args(argv: list[str]) -> RunOptions:
+    return parse(argv)
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +102,13 @@ def test_stream_equals_batch_with_dead_letters_and_latency(
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
     from google.cloud import pubsub_v1
 
-    from pipeline.streaming import start_streaming
-
     inputs = _inputs(night)
     _, batch_rows, batch_dead = _batch(inputs, model_dir, tmp_path / "batch")
     assert batch_rows
 
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     names = create_topics(publisher, subscriber, ("alerts", "rows", "dead"))
-    args, beam_args = _args(
+    opts = _args(
         [
             "--streaming",
             "--input-subscription", names["alerts"][1],
@@ -121,7 +119,7 @@ def test_stream_equals_batch_with_dead_letters_and_latency(
         ]
     )  # fmt: skip
     rows, dead = Collector(subscriber, names["rows"][1]), Collector(subscriber, names["dead"][1])
-    result = start_streaming(args, beam_args)
+    result = start_streaming(opts)
     try:
         time.sleep(5)  # let the reader start pulling and RunInference load the model
         published: dict[str, float] = {}
@@ -140,6 +138,18 @@ def test_stream_equals_batch_with_dead_letters_and_latency(
         ):
             time.sleep(0.5)
         time.sleep(HOLD_S + 2)  # anything extra (a duplicate) would arrive by now
+        # The summary's counts: every stage's dead letters (decode and stamps here), not only
+        # those whose counter happened to be named dead_letters_*. Counted per bundle, so wait
+        # for them rather than for a fixed time.
+        want = dict(Counter(d["stage"] for d in batch_dead))
+        while time.monotonic() < deadline:
+            counts = streaming_counts(opts, result)
+            summary = summarise(counts, opts.model, 1.0, state="RUNNING")
+            if summary["dead_letters"] == want and summary["classified"] == len(batch_rows):
+                break
+            time.sleep(0.5)
+        assert summary["dead_letters"] == want
+        assert summary["classified"] == len(batch_rows)
     finally:
         result.cancel()
         rows.stop()
@@ -192,23 +202,17 @@ def test_stream_equals_batch_with_dead_letters_and_latency(
 
 def test_model_watch_mode_follows_the_runner():
     # WatchFilePattern cannot run on Beam's Python direct runners: there the handler polls.
-    from pipeline.streaming import _check, watch_mode
-
-    args, _ = _args(
-        ["--streaming", "--input-subscription", "projects/p/subscriptions/s",
-         "--output-topic", "projects/p/topics/t", "--model-watch", "m/*/stampflow_model.json"]
-    )  # fmt: skip
-    assert watch_mode(args) == "poll"
-    _check(args)
-    args.model_watch_mode = "side-input"
-    with pytest.raises(SystemExit, match="--model-watch-mode poll"):
-        _check(args)
-    args.runner = "DataflowRunner"
-    _check(args)  # accepted
-    args.model_watch_mode = "auto"
-    assert watch_mode(args) == "side-input"
-    args.model_watch = None
-    assert watch_mode(args) is None
+    base = [
+        "--streaming", "--input-subscription", "projects/myproj/subscriptions/s",
+        "--output-topic", "projects/myproj/topics/t", "--model-watch", "m/*/stampflow_model.json",
+    ]  # fmt: skip
+    assert parse(base).watch.mode == "poll"
+    with pytest.raises(OptionsError, match="--model-watch-mode poll"):
+        parse([*base, "--model-watch-mode", "side-input"])
+    dataflow = parse([*base, "--model-watch-mode", "side-input", "--runner", "DataflowRunner"])
+    assert dataflow.watch.mode == "side-input"
+    assert parse([*base, "--runner", "DataflowRunner"]).watch.mode == "side-input"
+    assert parse(base[:-2]).watch is None
 
 
 def _version(src: Path, dst: Path, version: str, mtime: float, **changes) -> Path:
@@ -234,8 +238,7 @@ def test_newest_model_dir_is_the_latest_metadata(model_dir, tmp_path):
 
 
 def test_watched_model_swaps_to_new_versions_and_skips_bad_ones(model_dir, night, tmp_path):
-    from model.handler import WatchedModel
-    from pipeline.streaming import PollingHandler
+    from model.handler import PollingHandler, WatchedModel
 
     models = tmp_path / "models"
     pattern = str(models / "*" / METADATA_FILE)
@@ -267,7 +270,6 @@ def test_live_model_swap_on_the_emulator(emulator, night, model_dir, tmp_path, m
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
     from google.cloud import pubsub_v1
 
-    from pipeline.streaming import start_streaming
     from simulator import simulate
 
     later = tmp_path / "later_night"
@@ -279,7 +281,7 @@ def test_live_model_swap_on_the_emulator(emulator, night, model_dir, tmp_path, m
 
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     topics = create_topics(publisher, subscriber, ("swap_alerts", "swap_rows"))
-    args, beam_args = _args(
+    opts = _args(
         [
             "--streaming",
             "--input-subscription", topics["swap_alerts"][1],
@@ -292,7 +294,7 @@ def test_live_model_swap_on_the_emulator(emulator, night, model_dir, tmp_path, m
     )  # fmt: skip
     rows = Collector(subscriber, topics["swap_rows"][1])
 
-    result = start_streaming(args, beam_args)
+    result = start_streaming(opts)
     try:
         time.sleep(5)
         publish(topics["swap_alerts"][0], [str(night)], rate=RATE, publisher=publisher)
@@ -327,7 +329,7 @@ def test_live_model_swap_on_the_emulator(emulator, night, model_dir, tmp_path, m
 
 
 def test_direct_runner_pulls_wait_at_most_two_seconds():
-    from pipeline.streaming import LOCAL_PULL_TIMEOUT_S, _ShortPull
+    from pipeline.pubsub_pull import LOCAL_PULL_TIMEOUT_S, ShortPull
 
     class Client:
         def __init__(self):
@@ -341,7 +343,7 @@ def test_direct_runner_pulls_wait_at_most_two_seconds():
             return "acked"
 
     client = Client()
-    short = _ShortPull(client, LOCAL_PULL_TIMEOUT_S)
+    short = ShortPull(client, LOCAL_PULL_TIMEOUT_S)
     assert short.pull(subscription="s", max_messages=10, timeout=30) == "response"
     assert short.pull(subscription="s", max_messages=10, timeout=0.5) == "response"
     assert [c["timeout"] for c in client.calls] == [LOCAL_PULL_TIMEOUT_S, 0.5]
@@ -353,14 +355,14 @@ def test_direct_runner_pulls_wait_at_most_two_seconds():
 
             raise DeadlineExceeded("idle")
 
-    assert list(_ShortPull(Idle(), 2.0).pull(subscription="s").received_messages) == []
+    assert list(ShortPull(Idle(), 2.0).pull(subscription="s").received_messages) == []
 
 
 def test_the_direct_runner_reads_pubsub_through_the_short_pull(monkeypatch):
     # What Beam's Pub/Sub evaluator calls for every pull now hands out the wrapper.
     from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator
 
-    from pipeline.streaming import _ShortPull, shorten_direct_runner_pulls
+    from pipeline.pubsub_pull import ShortPull, shorten_direct_runner_pulls
 
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:9")  # a client without credentials
     assert shorten_direct_runner_pulls() and shorten_direct_runner_pulls()  # found; idempotent
@@ -370,4 +372,4 @@ def test_the_direct_runner_reads_pubsub_through_the_short_pull(monkeypatch):
 
     transform = Transform()
     client = _PubSubReadEvaluator._get_subscriber_client(transform)
-    assert isinstance(client, _ShortPull)
+    assert isinstance(client, ShortPull)

@@ -20,8 +20,8 @@ from transforms.schema import (
     SKIP_DUPLICATE,
     SKIP_EARLIER_ALREADY_CLASSIFIED,
     SKIP_NOT_FIRST_IN_INPUT,
+    TAG_SKIPPED,
 )
-from transforms.selection import SKIPPED
 from transforms.streaming_state import (
     DropDuplicateAlerts,
     SelectFirstDetectionsStreaming,
@@ -77,7 +77,7 @@ def test_duplicates_dropped():
         out = p | stream | DropDuplicateAlerts(ttl_s=3600)
         assert_that(out["alerts"] | "Candids" >> beam.Map(lambda x: x.candid), equal_to([1, 2]))
         assert_that(
-            out[SKIPPED],
+            out[TAG_SKIPPED],
             equal_to([(SKIP_DUPLICATE, 1), (SKIP_DUPLICATE, 1)]),
             label="Skipped",
         )
@@ -112,7 +112,7 @@ def test_object_classified_once_and_out_of_order_first_detection():
             equal_to([("ZTF1", 11), ("ZTF2", 21)]),
         )
         assert_that(
-            out[SKIPPED],
+            out[TAG_SKIPPED],
             equal_to(
                 [
                     (SKIP_NOT_FIRST_IN_INPUT, 12),

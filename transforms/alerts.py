@@ -117,19 +117,13 @@ class Alert:
         """This alert without its history (``prv_candidates``, ``fp_hists``) and raw bytes.
 
         What the classification stages need after first-detection selection, at a fifth of the
-        memory: batch runs hold the selected alerts of a whole night in a ``GroupByKey``. Dead
-        letters of a slim alert re-read its bytes from ``source`` (:meth:`raw_bytes`).
+        memory: batch runs hold the selected alerts of a whole night in a ``GroupByKey``. A dead
+        letter of a slim alert is written without its bytes and names the file they are in; the
+        batch job's dead-letter sink reads them back, once per file
+        (:func:`transforms.sources.read_containers`).
         """
         record = {k: v for k, v in self.record.items() if k not in _HISTORY_FIELDS}
         return Alert(record=record, source=self.source, raw=b"", path=self.path)
-
-    def raw_bytes(self) -> bytes:
-        """The raw container: kept bytes, or re-read from ``source`` for a slim alert."""
-        if self.raw:
-            return self.raw
-        from transforms.sources import reread
-
-        return reread(self.source, self.candid, self.path or None)
 
     def cutout_bytes(self, kind: str) -> bytes | None:
         """The compressed stamp of one kind (``science``, ``template``, ``difference``), or None."""

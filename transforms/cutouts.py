@@ -15,10 +15,8 @@ from apache_beam.metrics import Metrics
 
 from transforms.alerts import Alert
 from transforms.dead_letters import alert_dead_letter
-from transforms.schema import METRICS_NAMESPACE, STAGE_STAMPS, STAMP_KINDS
+from transforms.schema import METRICS_NAMESPACE, STAGE_STAMPS, STAMP_KINDS, TAG_DEAD_LETTERS
 from transforms.stamps import StampError, decode_stamps
-
-DEAD_LETTERS = "dead_letters"
 
 
 def alert_images(alert: Alert) -> dict[str, Any]:
@@ -55,7 +53,7 @@ class DecodeCutouts(beam.DoFn):
         except StampError as e:
             self.dead.inc()
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTERS, alert_dead_letter(alert, STAGE_STAMPS, str(e))
+                TAG_DEAD_LETTERS, alert_dead_letter(alert, STAGE_STAMPS, str(e))
             )
             return
         self.ok.inc()

@@ -3,6 +3,11 @@
 A dead letter is a plain dict with the fields of :data:`transforms.schema.DEAD_LETTER_FIELDS`, so it
 pickles cheaply between Beam stages and maps one-to-one onto the JSONL files and the BigQuery table.
 ``raw`` stays ``bytes`` inside the pipeline and becomes base64 only when written.
+
+A letter of a *slim* alert (one whose bytes were dropped after selection to save memory) carries
+``raw=b""`` and one extra key, :data:`REREAD_PATH`, naming the file the bytes are in; the batch
+job's dead-letter sink fills ``raw`` from there, one read per file, and drops the key. Stages stay
+pure: none of them opens a file to build a dead letter.
 """
 
 from __future__ import annotations
@@ -12,6 +17,18 @@ import json
 from typing import Any
 
 from transforms.schema import DEAD_LETTER_FIELDS, STAGES
+
+__all__ = [
+    "REREAD_PATH",
+    "alert_dead_letter",
+    "dead_letter",
+    "from_json_line",
+    "reason_code",
+    "to_json_line",
+]
+
+#: Key of a letter whose ``raw`` is still to be read back from this file (not an output column).
+REREAD_PATH = "_reread_path"
 
 
 def dead_letter(
@@ -60,13 +77,15 @@ def alert_dead_letter(alert: Any, stage: str, reason: str) -> dict[str, Any]:
     Parameters
     ----------
     alert
-        A :class:`transforms.alerts.Alert` (a slim one re-reads its bytes from its source).
+        A :class:`transforms.alerts.Alert`. For a slim one (no bytes) the letter names the file
+        to read them back from (:data:`REREAD_PATH`) instead of reading it here.
     stage, reason
         As in :func:`dead_letter`.
     """
-    return dead_letter(
-        stage, reason, alert.source, alert.raw_bytes(), alert.object_id, alert.candid
-    )
+    letter = dead_letter(stage, reason, alert.source, alert.raw, alert.object_id, alert.candid)
+    if not alert.raw and alert.path:
+        letter[REREAD_PATH] = alert.path
+    return letter
 
 
 def reason_code(record: dict[str, Any]) -> str:

@@ -4,17 +4,33 @@ Pixels are HEALPix NESTED indices of the ICRS (ra, dec) at a chosen ``nside`` (a
 The map (the paper's Fig. 8) shows each class on a Mollweide projection in Galactic coordinates
 with the Galactic plane and the ecliptic drawn, so the expected structure is visible at a glance:
 VS crowd the plane, asteroids follow the ecliptic, SN and AGN avoid the plane.
+
+:class:`NightlySkyDensity` is the batch stage (one count per night, pixel and class over the
+whole input); the streaming job counts per event-time window instead
+(:class:`transforms.streaming_state.SkyDensityWindows`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import apache_beam as beam
 import numpy as np
 
 from transforms.schema import CLASS_NAMES
+
+__all__ = [
+    "NightlySkyDensity",
+    "density_key",
+    "density_rows",
+    "healpix_pixels",
+    "night_of",
+    "nights_label",
+    "plot_sky_map",
+    "sum_pairs",
+]
 
 _MJD0 = datetime(1858, 11, 17, tzinfo=UTC)
 
@@ -75,6 +91,54 @@ def density_rows(
         }
         for (night, pixel, cls), (count, total) in sums
     ]
+
+
+def nights_label(nights: Iterable[str]) -> str:
+    """``night 20180601``, ``nights 20180601, 20180602`` or ``12 nights, 20180601 to 20180615``.
+
+    Short enough for a figure or page title whatever the input spans.
+    """
+    ordered = sorted(set(nights))
+    if not ordered:
+        return ""
+    if len(ordered) == 1:
+        return f"night {ordered[0]}"
+    if len(ordered) <= 3:
+        return f"nights {', '.join(ordered)}"
+    return f"{len(ordered)} nights, {ordered[0]} to {ordered[-1]}"
+
+
+def _keyed_by_pixel(rows: Sequence[Mapping[str, Any]], nside: int) -> Iterator[Any]:
+    pixels = healpix_pixels(
+        np.array([r["ra"] for r in rows]), np.array([r["dec"] for r in rows]), nside
+    )
+    for row, pixel in zip(rows, pixels, strict=True):
+        cls = row["predicted_class"]
+        yield (night_of(row["jd"]), int(pixel), cls), (1, row[f"p_{cls}"])
+
+
+class NightlySkyDensity(beam.PTransform):
+    """Probability rows → sky-density rows (:data:`~transforms.schema.SKY_DENSITY_ROW`).
+
+    Parameters
+    ----------
+    nside
+        HEALPix resolution. Pixels are computed per batch of rows (one vectorised call).
+    """
+
+    def __init__(self, nside: int) -> None:
+        super().__init__()
+        self.nside = nside
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        nside = self.nside
+        return (
+            rows
+            | "BatchForPixels" >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
+            | "Pixels" >> beam.FlatMap(_keyed_by_pixel, nside=nside)
+            | "SumPerPixel" >> beam.CombinePerKey(sum_pairs)
+            | "DensityRow" >> beam.MapTuple(lambda key, cs: density_rows([(key, cs)], nside)[0])
+        )
 
 
 def plot_sky_map(rows: list[Mapping[str, Any]], nside: int, path: str, title: str = "") -> None:

@@ -42,12 +42,13 @@ from transforms.schema import (
     STAGE_STAMPS,
     STAMP_KINDS,
     STAMP_SIZE_POLICIES,
+    TAG_DEAD_LETTERS,
+    TAG_EXAMPLES,
 )
 from transforms.stamps import StampError, decode_stamps
 
-#: Tag of the dead-letter output; the main output is :data:`EXAMPLES_TAG`.
-DEAD_LETTERS_TAG = "dead_letters"
-EXAMPLES_TAG = "examples"
+__all__ = ["Featurize", "FeaturizeBatchDoFn", "FeaturizeResult", "featurize_alerts"]
+
 #: Metric names (namespace :data:`~transforms.schema.METRICS_NAMESPACE`). Imputations are counted
 #: per feature as ``featurize_imputed_<feature>``.
 METRIC_IN = "featurize_alerts_in"
@@ -66,6 +67,9 @@ class FeaturizeResult:
     ----------
     examples
         ``(candid, {"features": float32 [F], "stamps": float32 [63, 63, 3]})`` in input order.
+    kept
+        For each example, the index of its alert in the input batch (two records may share a
+        ``candid``; the index never is).
     dead_letters
         Dead-letter dicts (:data:`~transforms.schema.DEAD_LETTER_FIELDS`).
     padded
@@ -75,6 +79,7 @@ class FeaturizeResult:
     """
 
     examples: list[tuple[int, dict[str, np.ndarray]]] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     padded: int = 0
     null_counts: dict[str, int] = field(default_factory=dict)
@@ -99,7 +104,9 @@ def featurize_alerts(
     Returns
     -------
     FeaturizeResult
-        Examples keyed by candid (input order), dead letters, pad and imputation counts.
+        Examples keyed by candid (input order) with their input index, dead letters (a slim
+        alert's without bytes: see :func:`transforms.dead_letters.alert_dead_letter`), pad and
+        imputation counts. Nothing is read from disk.
 
     Raises
     ------
@@ -110,8 +117,8 @@ def featurize_alerts(
         raise ValueError(f"stamp size policy {stamp_policy!r} not in {STAMP_SIZE_POLICIES}")
     result = FeaturizeResult()
     cubes: list[np.ndarray] = []
-    kept: list[Alert] = []
-    for alert in alerts:
+    kept: list[int] = []
+    for index, alert in enumerate(alerts):
         cand = alert.candidate
         try:
             images = decode_stamps({kind: alert.cutout_bytes(kind) for kind in STAMP_KINDS})
@@ -123,10 +130,11 @@ def featurize_alerts(
             continue
         result.padded += padded
         cubes.append(cube)
-        kept.append(alert)
-    batch = extract_features([a.candidate for a in kept], feature_names)
+        kept.append(index)
+    batch = extract_features([alerts[k].candidate for k in kept], feature_names)
     result.null_counts = batch.null_counts
-    for i, alert in enumerate(kept):
+    for i, index in enumerate(kept):
+        alert = alerts[index]
         if not batch.valid[i]:
             result.dead_letters.append(
                 alert_dead_letter(alert, STAGE_FEATURES, batch.errors[i] or "")
@@ -134,6 +142,7 @@ def featurize_alerts(
             continue
         example = {RAW_FEATURES_KEY: batch.values[i].copy(), RAW_STAMPS_KEY: cubes[i]}
         result.examples.append((alert.candid, example))
+        result.kept.append(index)
     return result
 
 
@@ -194,13 +203,12 @@ class FeaturizeBatchDoFn(beam.DoFn):
                 self._imputed[name].inc(count)
         for letter in result.dead_letters:
             self._dead[letter["stage"]].inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS_TAG, letter)
+            yield beam.pvalue.TaggedOutput(TAG_DEAD_LETTERS, letter)
         if self._key is None:
             yield from result.examples
             return
-        by_candid = {a.candid: a for a in batch}
-        for candid, example in result.examples:
-            yield self._key(by_candid[candid]), example
+        for index, (_, example) in zip(result.kept, result.examples, strict=True):
+            yield self._key(batch[index]), example
 
 
 class Featurize(beam.PTransform):
@@ -219,8 +227,8 @@ class Featurize(beam.PTransform):
 
     Returns
     -------
-    DoFnOutputsTuple
-        ``result.examples`` (``(candid, example)``) and ``result.dead_letters``.
+    dict
+        ``{"examples": (key, example), "dead_letters": dict}``.
     """
 
     def __init__(
@@ -236,10 +244,11 @@ class Featurize(beam.PTransform):
         self._min = min_batch_size
         self._max = max_batch_size
 
-    def expand(self, alerts: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
+    def expand(self, alerts: beam.PCollection) -> dict[str, beam.PCollection]:
+        out = (
             alerts
             | "Batch" >> beam.BatchElements(min_batch_size=self._min, max_batch_size=self._max)
             | "Featurize"
-            >> beam.ParDo(self._dofn).with_outputs(DEAD_LETTERS_TAG, main=EXAMPLES_TAG)
+            >> beam.ParDo(self._dofn).with_outputs(TAG_DEAD_LETTERS, main=TAG_EXAMPLES)
         )
+        return {TAG_EXAMPLES: out[TAG_EXAMPLES], TAG_DEAD_LETTERS: out[TAG_DEAD_LETTERS]}

@@ -22,11 +22,14 @@ from apache_beam.metrics import Metrics
 
 from transforms.alerts import decode_alerts
 from transforms.dead_letters import dead_letter
-from transforms.schema import METRICS_NAMESPACE, STAGE_DECODE, STAGE_READ
+from transforms.schema import (
+    METRICS_NAMESPACE,
+    STAGE_DECODE,
+    STAGE_READ,
+    TAG_ALERTS,
+    TAG_DEAD_LETTERS,
+)
 from transforms.sources import ReadError, expand_pattern, read_path
-
-ALERTS = "alerts"
-DEAD_LETTERS = "dead_letters"
 
 
 class ExpandInputs(beam.DoFn):
@@ -41,7 +44,7 @@ class ExpandInputs(beam.DoFn):
             if isinstance(item, ReadError):
                 self.dead.inc()
                 yield beam.pvalue.TaggedOutput(
-                    DEAD_LETTERS, dead_letter(STAGE_READ, item.reason, item.source, item.raw)
+                    TAG_DEAD_LETTERS, dead_letter(STAGE_READ, item.reason, item.source, item.raw)
                 )
             else:
                 self.files.inc()
@@ -60,7 +63,7 @@ class ReadFiles(beam.DoFn):
             if isinstance(item, ReadError):
                 self.dead.inc()
                 yield beam.pvalue.TaggedOutput(
-                    DEAD_LETTERS, dead_letter(STAGE_READ, item.reason, item.source, item.raw)
+                    TAG_DEAD_LETTERS, dead_letter(STAGE_READ, item.reason, item.source, item.raw)
                 )
             else:
                 self.containers.inc()
@@ -94,7 +97,7 @@ class DecodeAlerts(beam.DoFn):
             if alerts:
                 reason += f" (after {len(alerts)} record(s) decoded)"
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTERS, dead_letter(STAGE_DECODE, reason, source, data)
+                TAG_DEAD_LETTERS, dead_letter(STAGE_DECODE, reason, source, data)
             )
 
 
@@ -120,20 +123,20 @@ class ReadAlerts(beam.PTransform):
         matched = (
             pbegin
             | "Patterns" >> beam.Create(self.patterns)
-            | "Expand" >> beam.ParDo(ExpandInputs()).with_outputs(DEAD_LETTERS, main="paths")
+            | "Expand" >> beam.ParDo(ExpandInputs()).with_outputs(TAG_DEAD_LETTERS, main="paths")
         )
         read = (
             matched.paths
             # Spread files over workers; matching happens on one.
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadFiles()).with_outputs(DEAD_LETTERS, main="containers")
+            | "Read" >> beam.ParDo(ReadFiles()).with_outputs(TAG_DEAD_LETTERS, main="containers")
         )
         decoded = read.containers | "Decode" >> beam.ParDo(DecodeAlerts()).with_outputs(
-            DEAD_LETTERS, main=ALERTS
+            TAG_DEAD_LETTERS, main=TAG_ALERTS
         )
         dead = (
-            matched[DEAD_LETTERS],
-            read[DEAD_LETTERS],
-            decoded[DEAD_LETTERS],
+            matched[TAG_DEAD_LETTERS],
+            read[TAG_DEAD_LETTERS],
+            decoded[TAG_DEAD_LETTERS],
         ) | "DeadLetters" >> beam.Flatten()
-        return {ALERTS: decoded[ALERTS], DEAD_LETTERS: dead}
+        return {TAG_ALERTS: decoded[TAG_ALERTS], TAG_DEAD_LETTERS: dead}

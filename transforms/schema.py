@@ -42,6 +42,9 @@ STAGE_SELECT: Final[str] = "select"  # a selected alert could not be read again 
 STAGE_STAMPS: Final[str] = "stamps"  # cutout problems (null, JPEG, corrupt gzip, bad FITS, size)
 STAGE_FEATURES: Final[str] = "features"
 STAGE_INFERENCE: Final[str] = "inference"
+#: A row a sink refused (BigQuery's rejected inserts). The row was still written to the other
+#: outputs, so these dead letters are not part of the input accounting (:data:`SINK_STAGES`).
+STAGE_BIGQUERY: Final[str] = "bigquery"
 STAGES: Final[tuple[str, ...]] = (
     STAGE_READ,
     STAGE_DECODE,
@@ -49,7 +52,13 @@ STAGES: Final[tuple[str, ...]] = (
     STAGE_STAMPS,
     STAGE_FEATURES,
     STAGE_INFERENCE,
+    STAGE_BIGQUERY,
 )
+#: Stages that fail before a record became an alert (they add to ``records_in``).
+INPUT_STAGES: Final[tuple[str, ...]] = (STAGE_READ, STAGE_DECODE)
+#: Stages of outputs, not of inputs: ``records_in = classified + skipped + dead letters`` counts
+#: every other stage.
+SINK_STAGES: Final[tuple[str, ...]] = (STAGE_BIGQUERY,)
 #: Columns of a dead-letter record, as written to JSONL / BigQuery. `raw` is base64 in files.
 DEAD_LETTER_FIELDS: Final[tuple[str, ...]] = (
     "stage",
@@ -62,6 +71,32 @@ DEAD_LETTER_FIELDS: Final[tuple[str, ...]] = (
 
 #: Beam metrics namespace for every counter this project emits.
 METRICS_NAMESPACE: Final[str] = "stampflow"
+
+# --- PCollection tags: the outputs every stage composite returns (a dict keyed by these) ---------
+TAG_ALERTS: Final[str] = "alerts"  # decoded (or selected) alerts
+TAG_EXAMPLES: Final[str] = "examples"  # (key, raw model inputs) from featurize
+TAG_CLASSIFIED: Final[str] = "classified"  # (meta, probabilities [5], model directory)
+TAG_ROWS: Final[str] = "rows"  # probability rows (PROBABILITY_ROW columns plus report extras)
+TAG_DENSITY: Final[str] = "density"  # sky-density rows (SKY_DENSITY_ROW)
+TAG_SKIPPED: Final[str] = "skipped"  # (reason, candid) of alerts not classified on purpose
+TAG_DEAD_LETTERS: Final[str] = "dead_letters"  # DEAD_LETTER_FIELDS dicts
+
+# --- Pub/Sub message attributes (stampflow publish, the streaming reader) ------------------------
+#: Where a message came from (the file or archive member; the job's dead letters quote it).
+SOURCE_ATTRIBUTE: Final[str] = "source"
+#: The container's earliest event time [ms since the Unix epoch], for ``--timestamp-attribute``.
+EVENT_TIME_ATTRIBUTE: Final[str] = "event_time"
+
+# --- Outcome counts: the run summary's keys, and the names of the Beam counters behind them -------
+#: Every record's fate is counted under one of these keys (``counts.json`` in batch, Beam
+#: counters of the same names in streaming); :mod:`pipeline.summary` turns them into the summary.
+COUNT_DECODED: Final[str] = "decoded"  # an alert decoded from its container
+COUNT_CLASSIFIED: Final[str] = "classified"  # a probability row written
+COUNT_CLASS_PREFIX: Final[str] = "class="  # + predicted class
+COUNT_RULE_PREFIX: Final[str] = "rule="  # + rule that fired (SPEC §8)
+COUNT_SKIPPED_PREFIX: Final[str] = "skipped="  # + skip reason
+COUNT_DEAD_PREFIX: Final[str] = "dead="  # + stage
+COUNT_REASON_PREFIX: Final[str] = "reason="  # + "stage:code"
 
 # --- Metadata features (SPEC §4, Carrasco-Davis et al. 2021 Table A1) -----------------------------
 #: Production feature order (23). The network's BatchNorm and every stats file are indexed by it.
@@ -221,6 +256,12 @@ SKIP_STAMP_SIZE: Final[str] = "stamp_not_63x63"  # --stamp-policy drop (ALeRCE p
 SKIP_DUPLICATE: Final[str] = "duplicate_candid"  # streaming: a redelivered or replayed alert
 #: Streaming: an object's alert older than the one already classified, arriving after the hold.
 SKIP_EARLIER_ALREADY_CLASSIFIED: Final[str] = "earlier_after_release"
+#: ``--select`` modes: first detections only (ALeRCE production) or every alert.
+SELECT_MODES: Final[tuple[str, ...]] = ("first", "all")
+#: Streaming: how long a first detection waits for an earlier alert of its object [s].
+DEFAULT_HOLD_S: Final[float] = 5.0
+#: Streaming: how long a candid / released object is remembered [s] (24 h).
+DEFAULT_STATE_TTL_S: Final[float] = 86400.0
 
 # --- Sky density ----------------------------------------------------------------------------------
 SKY_DENSITY_ROW: Final[tuple[tuple[str, str], ...]] = (

@@ -24,8 +24,12 @@ that cannot be found again (the file changed or vanished between the passes) bec
 ``select`` dead letter, so the run still reconciles. On distributed runners (``spread``) the
 re-read alerts are reshuffled, so one big archive's winners are classified by every worker.
 
-``--select all`` classifies every alert as read. Skipped alerts leave on the ``skipped`` output as
-``(reason, candid)`` so the run summary can reconcile ``records in == classified + skipped + dead``.
+``--select all`` classifies every alert, each once: the same two passes run with ``candid`` as
+the key instead of ``objectId`` and no history check. In both modes an alert read twice (a file
+given twice, overlapping archives) is classified once; its other copies are skipped as
+``duplicate_candid``, as the streaming job's ``DropDuplicates`` does. Skipped alerts leave on the
+``skipped`` output as ``(reason, candid)`` so the run summary can reconcile
+``records in == classified + skipped + dead``.
 """
 
 from __future__ import annotations
@@ -39,12 +43,27 @@ from apache_beam.metrics import Metrics
 from transforms.alerts import Alert, AlertDecodeError, iter_alerts
 from transforms.dead_letters import dead_letter
 from transforms.rules import earliest_key, history_skip_reason
-from transforms.schema import METRICS_NAMESPACE, SKIP_NOT_FIRST_IN_INPUT, STAGE_SELECT
+from transforms.schema import (
+    METRICS_NAMESPACE,
+    SELECT_MODES,
+    SKIP_DUPLICATE,
+    SKIP_NOT_FIRST_IN_INPUT,
+    STAGE_SELECT,
+    TAG_ALERTS,
+    TAG_DEAD_LETTERS,
+    TAG_SKIPPED,
+)
 from transforms.sources import ReadError, read_path
 
-SELECT_MODES = ("first", "all")
-SKIPPED = "skipped"
-DEAD_LETTERS = "dead_letters"
+__all__ = [
+    "SelectFirstDetections",
+    "Sighting",
+    "earliest",
+    "reread_winners",
+    "sighting",
+    "source_path",
+    "unique_sightings",
+]
 
 
 class Sighting(NamedTuple):
@@ -54,6 +73,7 @@ class Sighting(NamedTuple):
     candid: int
     source: str  # a path or ``archive!member``, as on :class:`~transforms.alerts.Alert`
     path: str  # the file ``source`` lives in
+    object_id: str = ""
 
 
 #: One selected alert, as the re-read looks for it: ``(source, candid, objectId, jd)``. All four,
@@ -64,7 +84,11 @@ Wanted = tuple[str, int, str, float]
 def sighting(alert: Alert) -> tuple[str, Sighting]:
     """``(objectId, Sighting)`` of an alert, the element shuffled by object."""
     path = alert.path or source_path(alert.source)
-    return alert.object_id, Sighting(alert.jd, alert.candid, alert.source, path)
+    return alert.object_id, Sighting(alert.jd, alert.candid, alert.source, path, alert.object_id)
+
+
+def _by_candid(alert: Alert) -> tuple[int, Sighting]:
+    return alert.candid, sighting(alert)[1]
 
 
 def source_path(source: str) -> str:
@@ -92,6 +116,30 @@ def earliest(sightings: Iterable[Sighting]) -> tuple[Sighting, list[Sighting]]:
     """
     ordered = sorted(sightings, key=lambda s: (*earliest_key(s.jd, s.candid), s.source))
     return ordered[0], ordered[1:]
+
+
+def unique_sightings(sightings: Iterable[Sighting]) -> tuple[list[Sighting], list[Sighting]]:
+    """One sighting per ``candid`` and the extra copies.
+
+    Parameters
+    ----------
+    sightings
+        Sightings of one object (or of one candid).
+
+    Returns
+    -------
+    (list of Sighting, list of Sighting)
+        The kept sightings (of each candid, the copy with the smallest ``source``, so the choice
+        does not depend on shuffle order) and the duplicates.
+    """
+    kept: dict[int, Sighting] = {}
+    copies: list[Sighting] = []
+    for s in sorted(sightings, key=lambda s: (s.candid, s.source)):
+        if s.candid in kept:
+            copies.append(s)
+        else:
+            kept[s.candid] = s
+    return list(kept.values()), copies
 
 
 def reread_winners(path: str, wanted: Iterable[Wanted]) -> Iterator[Alert | tuple[Wanted, str]]:
@@ -154,15 +202,20 @@ class _History(beam.DoFn):
             yield sighting(alert)
         else:
             self.skipped.inc()
-            yield beam.pvalue.TaggedOutput(SKIPPED, (reason, alert.candid))
+            yield beam.pvalue.TaggedOutput(TAG_SKIPPED, (reason, alert.candid))
 
 
-def _winner_by_path(item: tuple[str, Iterable[Sighting]]) -> Iterator[Any]:
-    object_id, sightings = item
-    first, later = earliest(sightings)
-    yield first.path, (first.source, first.candid, object_id, first.jd)
+def _winner_by_path(item: tuple[Any, Iterable[Sighting]]) -> Iterator[Any]:
+    # Grouped by objectId (--select first) or by candid (--select all): copies of one candid
+    # are duplicates, and of the distinct alerts only the earliest is kept.
+    _, sightings = item
+    unique, copies = unique_sightings(sightings)
+    for s in copies:
+        yield beam.pvalue.TaggedOutput(TAG_SKIPPED, (SKIP_DUPLICATE, s.candid))
+    first, later = earliest(unique)
     for s in later:
-        yield beam.pvalue.TaggedOutput(SKIPPED, (SKIP_NOT_FIRST_IN_INPUT, s.candid))
+        yield beam.pvalue.TaggedOutput(TAG_SKIPPED, (SKIP_NOT_FIRST_IN_INPUT, s.candid))
+    yield first.path, (first.source, first.candid, first.object_id, first.jd)
 
 
 class _Reread(beam.DoFn):
@@ -181,7 +234,8 @@ class _Reread(beam.DoFn):
                 self.dead.inc()
                 (source, candid, object_id, _), reason = found
                 yield beam.pvalue.TaggedOutput(
-                    DEAD_LETTERS, dead_letter(STAGE_SELECT, reason, source, b"", object_id, candid)
+                    TAG_DEAD_LETTERS,
+                    dead_letter(STAGE_SELECT, reason, source, b"", object_id, candid),
                 )
 
 
@@ -199,9 +253,9 @@ class SelectFirstDetections(beam.PTransform):
 
     Notes
     -----
-    ``"first"`` re-reads the selected alerts from their ``source`` (see the module docstring), so
-    its input must come from :class:`transforms.ingest.ReadAlerts` over files that stay in place
-    for the run.
+    Both modes re-read the selected alerts from their ``source`` (see the module docstring), so
+    the input must come from :class:`transforms.ingest.ReadAlerts` over files that stay in place
+    for the run. The selected alerts are slim (:meth:`transforms.alerts.Alert.slim`).
     """
 
     def __init__(self, mode: str = "first", spread: bool = False) -> None:
@@ -213,24 +267,29 @@ class SelectFirstDetections(beam.PTransform):
 
     def expand(self, alerts: beam.PCollection) -> dict[str, beam.PCollection]:
         if self.mode == "all":
-            none = alerts.pipeline | "NoSkips" >> beam.Create([])
-            no_dead = alerts.pipeline | "NoDeadLetters" >> beam.Create([])
-            return {"alerts": alerts, SKIPPED: none, DEAD_LETTERS: no_dead}
-        history = alerts | "History" >> beam.ParDo(_History()).with_outputs(
-            SKIPPED, main="sightings"
-        )
+            sightings = alerts | "Sightings" >> beam.Map(_by_candid)
+            history_skipped = alerts.pipeline | "NoHistoryCheck" >> beam.Create([])
+        else:
+            history = alerts | "History" >> beam.ParDo(_History()).with_outputs(
+                TAG_SKIPPED, main="sightings"
+            )
+            sightings, history_skipped = history.sightings, history[TAG_SKIPPED]
         winners = (
-            history.sightings
+            sightings
             | "GroupObjects" >> beam.GroupByKey()
-            | "Earliest" >> beam.FlatMap(_winner_by_path).with_outputs(SKIPPED, main="winners")
+            | "Earliest" >> beam.FlatMap(_winner_by_path).with_outputs(TAG_SKIPPED, main="winners")
         )
         reread = (
             winners.winners
             | "GroupFiles" >> beam.GroupByKey()
-            | "Reread" >> beam.ParDo(_Reread()).with_outputs(DEAD_LETTERS, main="alerts")
+            | "Reread" >> beam.ParDo(_Reread()).with_outputs(TAG_DEAD_LETTERS, main=TAG_ALERTS)
         )
-        selected = reread.alerts
+        selected = reread[TAG_ALERTS]
         if self.spread:
             selected = selected | "SpreadWinners" >> beam.Reshuffle()
-        skipped = (history[SKIPPED], winners[SKIPPED]) | "AllSkipped" >> beam.Flatten()
-        return {"alerts": selected, SKIPPED: skipped, DEAD_LETTERS: reread[DEAD_LETTERS]}
+        skipped = (history_skipped, winners[TAG_SKIPPED]) | "AllSkipped" >> beam.Flatten()
+        return {
+            TAG_ALERTS: selected,
+            TAG_SKIPPED: skipped,
+            TAG_DEAD_LETTERS: reread[TAG_DEAD_LETTERS],
+        }

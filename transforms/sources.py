@@ -174,43 +174,55 @@ def read_path(path: str) -> Iterator[tuple[str, bytes] | ReadError]:
         yield (path, data)
 
 
-def reread(source: str, candid: int | None = None, path: str | None = None) -> bytes:
-    """Best-effort raw bytes of one alert, for dead letters of alerts whose bytes were dropped.
+def read_containers(path: str, wanted: Iterable[tuple[str, int | None]]) -> dict[tuple, bytes]:
+    """Read one file again and return the raw bytes of the wanted alerts, in one pass.
+
+    For dead letters of alerts whose bytes were dropped after selection (see
+    :data:`transforms.dead_letters.REREAD_PATH`): all letters of one file are filled by a single
+    read, and an archive is streamed only up to its last wanted member.
 
     Parameters
     ----------
-    source
-        A path or ``archive!member`` as recorded on the alert.
-    candid
-        The alert's id, to cut its single-record container out of a multi-record file.
     path
-        The file ``source`` was read from, when known (a path may contain ``!`` itself);
-        otherwise the text before the first ``!``.
+        The file or archive the alerts were read from.
+    wanted
+        ``(source, candid)`` pairs; ``candid`` cuts the alert's own single-record container out
+        of a multi-record file (None: the whole member).
 
     Returns
     -------
-    bytes
-        The file or member bytes (for multi-record files, the alert's own single-record
-        container when ``candid`` is given); empty when the source cannot be read any more
-        (e.g. a Pub/Sub message id).
+    dict
+        ``(source, candid) -> bytes`` for what was found; pairs that cannot be read any more are
+        absent (their letters are then written without bytes).
     """
     from transforms.alerts import decode_alerts
 
-    if path is None:
-        path = source.partition("!")[0]
+    todo: dict[str, set[int | None]] = {}
+    for source, candid in wanted:
+        todo.setdefault(source, set()).add(candid)
+    found: dict[tuple, bytes] = {}
     try:
         for item in read_path(path):
-            if isinstance(item, ReadError) or item[0] != source:
+            if isinstance(item, ReadError) or item[0] not in todo:
                 continue
-            data = item[1]
-            if candid is not None:
-                alerts, _ = decode_alerts(data, source)
-                if len(alerts) > 1:
-                    return next((a.raw for a in alerts if a.candid == candid), data)
-            return data
-    except Exception:  # a dead letter must still be written without its bytes
-        return b""
-    return b""
+            source, data = item
+            candids = todo.pop(source)
+            alerts = None
+            for candid in candids:
+                if candid is not None:
+                    if alerts is None:
+                        alerts = decode_alerts(data, source, path)[0]
+                    if len(alerts) > 1:
+                        found[(source, candid)] = next(
+                            (a.raw for a in alerts if a.candid == candid), data
+                        )
+                        continue
+                found[(source, candid)] = data
+            if not todo:
+                break  # stop streaming the archive
+    except Exception:  # best effort: the letters are still written, without bytes
+        pass
+    return found
 
 
 class NoInputError(ValueError):

@@ -1,7 +1,7 @@
 """Beam stages of the streaming job that need state: de-duplication, first detection, sky density.
 
 In a stream there is no "whole input" to group, so the batch stages of
-:mod:`transforms.selection` and the per-night density of :mod:`pipeline.run_job` become:
+:mod:`transforms.selection` and the per-night density of :mod:`pipeline.sinks` become:
 
 ``DropDuplicateAlerts``
     State per ``candid`` (in the global window): the first copy of an alert passes, redeliveries and
@@ -10,9 +10,10 @@ In a stream there is no "whole input" to group, so the batch stages of
     deadline (minutes) and the TTL defaults to a night.
 
 ``SelectFirstDetectionsStreaming``
-    The pure history check of the batch stage first (an alert whose ``prv_candidates`` hold an
-    earlier detection is never a first detection; in ZTF's stream this removes almost every later
-    alert), then state per ``objectId``: alerts of an object are *buffered*, not emitted, until both
+    ``DropDuplicateAlerts`` first, then the pure history check of the batch stage (an alert whose
+    ``prv_candidates`` hold an earlier detection is never a first detection; in ZTF's stream this
+    removes almost every later alert), then state per ``objectId``: alerts of an object are
+    *buffered*, not emitted, until both
 
     * the watermark has passed the object's earliest event time + ``hold_s`` (event-time timer:
       correct when the source's watermark follows ``jd``, e.g. Dataflow with a timestamp
@@ -64,12 +65,17 @@ from transforms.alerts import Alert
 from transforms.density import healpix_pixels, sum_pairs
 from transforms.rules import earliest_key, history_skip_reason
 from transforms.schema import (
+    DEFAULT_HOLD_S,
+    DEFAULT_STATE_TTL_S,
     METRICS_NAMESPACE,
+    SELECT_MODES,
     SKIP_DUPLICATE,
     SKIP_EARLIER_ALREADY_CLASSIFIED,
     SKIP_NOT_FIRST_IN_INPUT,
+    TAG_ALERTS,
+    TAG_DEAD_LETTERS,
+    TAG_SKIPPED,
 )
-from transforms.selection import SELECT_MODES, SKIPPED
 
 #: Julian date of the Unix epoch (1970-01-01T00:00:00 UTC) [day].
 JD_UNIX_EPOCH: Final[float] = 2440587.5
@@ -138,7 +144,7 @@ class DropDuplicatesFn(beam.DoFn):
         _, alert = element
         if seen.read():
             self.dropped.inc()
-            yield beam.pvalue.TaggedOutput(SKIPPED, (SKIP_DUPLICATE, alert.candid))
+            yield beam.pvalue.TaggedOutput(TAG_SKIPPED, (SKIP_DUPLICATE, alert.candid))
             return
         seen.write(True)
         expire.set(_now() + Duration(seconds=self.ttl_s))
@@ -155,7 +161,7 @@ class DropDuplicateAlerts(beam.PTransform):
     Returns ``{"alerts": ..., "skipped": (reason, candid)}``; the input's timestamps are kept.
     """
 
-    def __init__(self, ttl_s: float = 86400.0) -> None:
+    def __init__(self, ttl_s: float = DEFAULT_STATE_TTL_S) -> None:
         super().__init__()
         self.ttl_s = ttl_s
 
@@ -164,9 +170,9 @@ class DropDuplicateAlerts(beam.PTransform):
             alerts
             | "ByCandid" >> beam.Map(lambda a: (a.candid, a))
             | "FirstCopy"
-            >> beam.ParDo(DropDuplicatesFn(self.ttl_s)).with_outputs(SKIPPED, main="alerts")
+            >> beam.ParDo(DropDuplicatesFn(self.ttl_s)).with_outputs(TAG_SKIPPED, main="alerts")
         )
-        return {"alerts": out.alerts, SKIPPED: out[SKIPPED]}
+        return {TAG_ALERTS: out.alerts, TAG_SKIPPED: out[TAG_SKIPPED]}
 
 
 class _HistoryCheck(beam.DoFn):
@@ -179,7 +185,7 @@ class _HistoryCheck(beam.DoFn):
             yield alert
         else:
             self.skipped.inc()
-            yield beam.pvalue.TaggedOutput(SKIPPED, (reason, alert.candid))
+            yield beam.pvalue.TaggedOutput(TAG_SKIPPED, (reason, alert.candid))
 
 
 class FirstDetectionFn(beam.DoFn):
@@ -215,7 +221,9 @@ class FirstDetectionFn(beam.DoFn):
         _, alert = element
         if done.read():
             self.not_first.inc()
-            yield beam.pvalue.TaggedOutput(SKIPPED, (SKIP_EARLIER_ALREADY_CLASSIFIED, alert.candid))
+            yield beam.pvalue.TaggedOutput(
+                TAG_SKIPPED, (SKIP_EARLIER_ALREADY_CLASSIFIED, alert.candid)
+            )
             return
         first = earliest.read()
         if first is None:
@@ -246,7 +254,7 @@ class FirstDetectionFn(beam.DoFn):
         yield window.TimestampedValue(ordered[0], jd_to_unix(ordered[0].jd))
         for later in ordered[1:]:
             self.not_first.inc()
-            yield beam.pvalue.TaggedOutput(SKIPPED, (SKIP_NOT_FIRST_IN_INPUT, later.candid))
+            yield beam.pvalue.TaggedOutput(TAG_SKIPPED, (SKIP_NOT_FIRST_IN_INPUT, later.candid))
 
     @on_timer(_EVENT_HOLD)
     def _event_hold(
@@ -285,37 +293,56 @@ class FirstDetectionFn(beam.DoFn):
 class SelectFirstDetectionsStreaming(beam.PTransform):
     """Alerts (timestamped with their ``jd``) → first detections and ``skipped`` pairs.
 
+    Copies of an alert already seen (same ``candid``) are dropped first, in both modes, as the
+    batch stage does (:class:`DropDuplicateAlerts`).
+
     Parameters
     ----------
     mode
-        ``"first"`` or ``"all"`` (every alert passes, nothing is held).
+        ``"first"`` or ``"all"`` (every distinct alert passes, nothing is held).
     hold_s, ttl_s
         See :class:`FirstDetectionFn`.
     """
 
-    def __init__(self, mode: str = "first", hold_s: float = 10.0, ttl_s: float = 86400.0) -> None:
+    def __init__(
+        self,
+        mode: str = "first",
+        hold_s: float = DEFAULT_HOLD_S,
+        ttl_s: float = DEFAULT_STATE_TTL_S,
+    ) -> None:
         super().__init__()
         if mode not in SELECT_MODES:
             raise ValueError(f"select mode {mode!r} not in {SELECT_MODES}")
         self.mode, self.hold_s, self.ttl_s = mode, hold_s, ttl_s
 
     def expand(self, alerts: beam.PCollection) -> dict[str, beam.PCollection]:
+        # A stream's selection has no dead letters (no file is read again); the empty output keeps
+        # the batch stage's shape.
+        no_dead = alerts.pipeline | "NoDeadLetters" >> beam.Create([])
+        unique = alerts | "DropDuplicates" >> DropDuplicateAlerts(self.ttl_s)
         if self.mode == "all":
-            none = alerts.pipeline | "NoSkips" >> beam.Create([])
-            return {"alerts": alerts, SKIPPED: none}
-        history = alerts | "History" >> beam.ParDo(_HistoryCheck()).with_outputs(
-            SKIPPED, main="alerts"
+            return {
+                TAG_ALERTS: unique[TAG_ALERTS],
+                TAG_SKIPPED: unique[TAG_SKIPPED],
+                TAG_DEAD_LETTERS: no_dead,
+            }
+        history = unique[TAG_ALERTS] | "History" >> beam.ParDo(_HistoryCheck()).with_outputs(
+            TAG_SKIPPED, main="alerts"
         )
         first = (
             history.alerts
             | "ByObject" >> beam.Map(lambda a: (a.object_id, a))
             | "Earliest"
             >> beam.ParDo(FirstDetectionFn(self.hold_s, self.ttl_s)).with_outputs(
-                SKIPPED, main="alerts"
+                TAG_SKIPPED, main="alerts"
             )
         )
-        skipped = (history[SKIPPED], first[SKIPPED]) | "AllSkipped" >> beam.Flatten()
-        return {"alerts": first.alerts, SKIPPED: skipped}
+        skipped = (
+            unique[TAG_SKIPPED],
+            history[TAG_SKIPPED],
+            first[TAG_SKIPPED],
+        ) | "AllSkipped" >> beam.Flatten()
+        return {TAG_ALERTS: first.alerts, TAG_SKIPPED: skipped, TAG_DEAD_LETTERS: no_dead}
 
 
 # --- Sky density per event-time window ------------------------------------------------------------

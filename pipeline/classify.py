@@ -1,0 +1,228 @@
+"""Stages *Classify* and *ApplyRules*, the same in batch and streaming.
+
+``Featurize`` keys every example by :func:`alert_meta` (what the row, the rules and a dead letter
+need of the alert), so nothing has to be joined back after RunInference::
+
+    (meta, example) ─ Classify: RunInference(VersionedHandler | PollingHandler)
+        ─▶ (meta, probabilities [5], model directory) ─ ApplyRules ─▶ probability rows
+        ─▶ dead letters (stage inference: a batch the model could not run)
+
+The model directory travels with each result, so a row names the version that computed it even
+while a streaming job swaps versions (``--model-watch``, :mod:`model.handler`); batch runs always
+name ``--model``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelMetadata, RunInference
+
+from model.handler import PollingHandler, VersionedHandler, read_metadata
+from pipeline.options import ModelInfo, ModelWatch
+from transforms.alerts import Alert
+from transforms.dead_letters import REREAD_PATH, dead_letter
+from transforms.rules import apply_rules
+from transforms.schema import (
+    PROBABILITY_COLUMNS,
+    STAGE_INFERENCE,
+    STAMP_KINDS,
+    TAG_CLASSIFIED,
+    TAG_DEAD_LETTERS,
+)
+
+__all__ = ["ApplyRules", "Classify", "WatchModel", "alert_meta", "to_row"]
+
+#: Candidate fields the rules and the SN report need beside the output row.
+EXTRA_FIELDS = ("ssdistnr", "isdiffpos", "sgscore1", "distpsnr1", "ndethist")
+#: Row fields copied from the alert.
+_ALERT_FIELDS = ("objectId", "candid", "jd", "ra", "dec", "fid", "magpsf")
+
+
+def alert_meta(alert: Alert) -> dict[str, Any]:
+    """What the output row, the rules and a dead letter need from an alert (RunInference's key).
+
+    Parameters
+    ----------
+    alert
+        A featurised alert (slim in batch: ``raw`` empty, ``path`` names its file).
+
+    Returns
+    -------
+    dict
+        ``objectId, candid, jd, ra, dec, fid, magpsf``, the rule fields, ``source``, ``path``,
+        ``raw`` and the compressed ``cutouts`` (for the SN page).
+    """
+    c = alert.candidate
+    meta = {
+        "objectId": alert.object_id,
+        "candid": alert.candid,
+        "jd": c["jd"],
+        "ra": c["ra"],
+        "dec": c["dec"],
+        "fid": c["fid"],
+        "magpsf": c.get("magpsf"),
+        "source": alert.source,
+        "path": alert.path,
+        "raw": alert.raw,
+        "cutouts": {k: alert.cutout_bytes(k) for k in STAMP_KINDS},
+    }
+    meta.update({f: c.get(f) for f in EXTRA_FIELDS})
+    return meta
+
+
+def failed_batch_letters(failed: tuple[Sequence[Any], Exception]) -> Iterator[dict[str, Any]]:
+    """One ``inference`` dead letter per example of a batch the model failed on.
+
+    Slim alerts' letters name their file (:data:`transforms.dead_letters.REREAD_PATH`); the
+    batch dead-letter sink reads their bytes back.
+    """
+    batch, error = failed
+    for meta, _ in batch:
+        letter = dead_letter(
+            STAGE_INFERENCE,
+            f"model: {type(error).__name__}: {error}",
+            meta["source"],
+            meta["raw"],
+            meta["objectId"],
+            meta["candid"],
+        )
+        if not meta["raw"] and meta.get("path"):
+            letter[REREAD_PATH] = meta["path"]
+        yield letter
+
+
+def _metadata_to_model_dir(meta: ModelMetadata) -> ModelMetadata:
+    model_dir = os.path.dirname(meta.model_id)
+    return ModelMetadata(model_id=model_dir, model_name=os.path.basename(model_dir))
+
+
+class WatchModel(beam.PTransform):
+    """The newest ``stampflow_model.json`` matching a glob → RunInference's model side input."""
+
+    def __init__(self, pattern: str, interval_s: float) -> None:
+        super().__init__()
+        self.pattern, self.interval_s = pattern, interval_s
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        from apache_beam.ml.inference.utils import WatchFilePattern
+
+        return (
+            pbegin
+            | "WatchFilePattern" >> WatchFilePattern(self.pattern, interval=self.interval_s)
+            | "ModelDir" >> beam.Map(_metadata_to_model_dir)
+        )
+
+
+class Classify(beam.PTransform):
+    """Keyed examples → ``classified`` ``(meta, probabilities, model_dir)`` and ``dead_letters``.
+
+    Parameters
+    ----------
+    model
+        The model to serve (from the start, in streaming).
+    watch
+        Follow new versions (streaming): by RunInference's side input (:class:`WatchModel`) or by
+        polling in the handler; None serves ``model`` only.
+    """
+
+    def __init__(self, model: ModelInfo, watch: ModelWatch | None = None) -> None:
+        super().__init__()
+        self.model, self.watch = model, watch
+
+    def expand(self, examples: beam.PCollection) -> dict[str, beam.PCollection]:
+        updates = None
+        if self.watch is not None and self.watch.mode == "poll":
+            handler = PollingHandler(
+                self.model.directory, self.watch.pattern, self.watch.interval_s
+            )
+        else:
+            handler = VersionedHandler(self.model.directory)
+            if self.watch is not None:
+                updates = examples.pipeline | "WatchModel" >> WatchModel(
+                    self.watch.pattern, self.watch.interval_s
+                )
+        inference = RunInference(KeyedModelHandler(handler), model_metadata_pcoll=updates)
+        main, other = examples | "RunInference" >> inference.with_exception_handling()
+        classified = main | "Probabilities" >> beam.MapTuple(
+            lambda meta, r: (meta, r.inference, r.model_id)
+        )
+        dead = other.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_letters)
+        return {TAG_CLASSIFIED: classified, TAG_DEAD_LETTERS: dead}
+
+
+def to_row(meta: dict[str, Any], probs: Any, rules: bool, model: ModelInfo) -> dict[str, Any]:
+    """One output row (plus the extra fields the SN report needs) from a classification.
+
+    Parameters
+    ----------
+    meta
+        From :func:`alert_meta`.
+    probs
+        The network's probabilities, :data:`~transforms.schema.CLASS_NAMES` order.
+    rules
+        Apply ALeRCE's rules (``--rules alerce``) or not.
+    model
+        The model that computed ``probs`` (its name and version go into the row).
+
+    Returns
+    -------
+    dict
+        Every :data:`transforms.schema.PROBABILITY_COLUMN_NAMES` column, the rule fields and the
+        compressed cutouts.
+    """
+    predicted, rule = apply_rules(probs, meta, enabled=rules)
+    row = {k: meta[k] for k in _ALERT_FIELDS}
+    row.update({col: float(p) for col, p in zip(PROBABILITY_COLUMNS, probs, strict=True)})
+    row.update(
+        predicted_class=predicted, rule=rule, model_name=model.name, model_version=model.version
+    )
+    row.update({f: meta.get(f) for f in EXTRA_FIELDS})
+    row["cutouts"] = meta["cutouts"]
+    return row
+
+
+class _ToRow(beam.DoFn):
+    """``(meta, probabilities, model_dir)`` → a row naming the version that computed it."""
+
+    def __init__(self, rules: bool, model: ModelInfo) -> None:
+        self.rules, self.model = rules, model
+
+    def setup(self) -> None:
+        # A handful of versions per job: each directory's metadata is read once per worker.
+        self._models: dict[str, ModelInfo] = {self.model.directory: self.model}
+
+    def _model(self, model_dir: str | None) -> ModelInfo:
+        model_dir = model_dir or self.model.directory
+        if model_dir not in self._models:
+            meta = read_metadata(model_dir)
+            self._models[model_dir] = ModelInfo(
+                model_dir, meta["name"], meta["version"], tuple(meta["features"]), meta
+            )
+        return self._models[model_dir]
+
+    def process(self, element: tuple[dict, Any, str | None]) -> Iterator[dict[str, Any]]:
+        meta, probs, model_dir = element
+        yield to_row(meta, probs, self.rules, self._model(model_dir))
+
+
+class ApplyRules(beam.PTransform):
+    """``(meta, probabilities, model_dir)`` → probability rows with ALeRCE's rules applied.
+
+    Parameters
+    ----------
+    rules
+        ``--rules alerce`` (True) or ``none``.
+    model
+        The model served from the start; other versions' metadata is read when they appear.
+    """
+
+    def __init__(self, rules: bool, model: ModelInfo) -> None:
+        super().__init__()
+        self.rules, self.model = rules, model
+
+    def expand(self, classified: beam.PCollection) -> beam.PCollection:
+        return classified | "ToRow" >> beam.ParDo(_ToRow(self.rules, self.model))

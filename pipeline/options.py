@@ -1,0 +1,589 @@
+"""``stampflow run``'s options: parsed once, validated once, typed, before any work starts.
+
+:func:`parse` (the command line) and :func:`from_namespace` (an ``argparse`` namespace) return a
+frozen :class:`RunOptions`; nothing below them sees ``argparse``. A user's mistake raises
+:class:`OptionsError` with one line saying what is wrong, which the command line prints before
+exiting with status 2:
+
+- an ``--input`` that matches no file, an ``--output`` that cannot be written (tried with a probe
+  file, on any Beam filesystem), a ``--model`` that is not an exported model;
+- a Pub/Sub subscription or topic that is not ``projects/P/subscriptions/S`` /
+  ``projects/P/topics/T`` (Beam's own rules), a BigQuery target that is not ``PROJECT:DATASET``;
+- flags that do not go together (``--model-watch-mode side-input`` on a local runner, streaming
+  without an output).
+
+The runner is resolved here, once: ``FnApiRunner`` for batch and ``BundleBasedDirectRunner`` for
+streaming unless ``--runner`` names one; so are the model-watch mode and the BigQuery target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from model.handler import METADATA_FILE, ModelDirError, read_metadata
+from pipeline.errors import UserError
+from transforms.schema import (
+    DEFAULT_HOLD_S,
+    DEFAULT_STATE_TTL_S,
+    EVENT_TIME_ATTRIBUTE,
+    SELECT_MODES,
+    STAMP_SIZE_POLICIES,
+)
+from transforms.sources import ReadError, expand_pattern
+
+__all__ = [
+    "BATCH_RUNNER",
+    "DEFAULT_MODEL",
+    "LOCAL_RUNNERS",
+    "STREAMING_RUNNER",
+    "WATCH_MODES",
+    "BigQueryTarget",
+    "ModelInfo",
+    "ModelWatch",
+    "OptionsError",
+    "RunOptions",
+    "StreamingOptions",
+    "add_arguments",
+    "from_namespace",
+    "parse",
+]
+
+DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "model" / "default")
+#: The batch runner when ``--runner`` is not given: in-process, nothing downloaded.
+BATCH_RUNNER = "FnApiRunner"
+#: The streaming runner when ``--runner`` is not given: the Python direct runner, named so it
+#: never tries to download Prism; it runs Pub/Sub, state, timers and TestStream.
+STREAMING_RUNNER = "BundleBasedDirectRunner"
+#: Runners that run in this machine's memory: there the selected alerts are not reshuffled.
+LOCAL_RUNNERS = frozenset(
+    {
+        "FnApiRunner",
+        "DirectRunner",
+        "BundleBasedDirectRunner",
+        "SwitchingDirectRunner",
+        "PrismRunner",
+    }
+)
+#: Local runners that cannot run WatchFilePattern (a splittable DoFn behind a side input).
+NO_WATCH_RUNNERS = frozenset({"FnApiRunner", "BundleBasedDirectRunner", "DirectRunner"})
+#: Direct runners whose Pub/Sub reader blocks the whole job while it waits for messages.
+DIRECT_RUNNERS = frozenset({"BundleBasedDirectRunner", "DirectRunner"})
+#: ``--model-watch-mode`` choices.
+WATCH_MODES = ("auto", "side-input", "poll")
+#: Prefix of the probe file that proves ``--output`` is writable (deleted at once).
+_PROBE = "._stampflow_write_check_"
+_DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+
+
+class OptionsError(UserError):
+    """A user's mistake in the flags: one line, printed without a traceback (exit status 2)."""
+
+
+# --- The typed options ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelInfo:
+    """An exported model directory and its ``stampflow_model.json``, read once.
+
+    Attributes
+    ----------
+    directory
+        The model directory (local or any Beam filesystem).
+    name, version
+        Recorded in every output row.
+    features
+        The feature order the model was trained on.
+    metadata
+        The whole metadata document.
+    """
+
+    directory: str
+    name: str
+    version: str
+    features: tuple[str, ...]
+    metadata: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def read(cls, directory: str) -> ModelInfo:
+        """Read a model directory's metadata (raises :class:`OptionsError` when it is not one)."""
+        try:
+            meta = read_metadata(directory)
+        except ModelDirError as e:
+            raise OptionsError(f"--model: {e}") from None
+        return cls(directory, meta["name"], meta["version"], tuple(meta["features"]), meta)
+
+    @property
+    def label(self) -> str:
+        """``name version``, as the SN page and the summary print it."""
+        return f"{self.name} {self.version}"
+
+
+@dataclass(frozen=True)
+class ModelWatch:
+    """How a streaming job follows new model versions (``--model-watch``).
+
+    Attributes
+    ----------
+    pattern
+        Glob of the version directories' ``stampflow_model.json`` files.
+    mode
+        ``"side-input"`` (Beam's WatchFilePattern) or ``"poll"`` (the handler looks itself).
+    interval_s
+        Seconds between looks [s].
+    """
+
+    pattern: str
+    mode: str
+    interval_s: float
+
+
+@dataclass(frozen=True)
+class BigQueryTarget:
+    """Where a run writes its tables in BigQuery (see :mod:`pipeline.bigquery`).
+
+    Attributes
+    ----------
+    project, dataset
+        The target dataset.
+    run_id
+        This run's staging-table suffix (batch); streaming writes straight into the tables.
+    endpoint
+        An emulator's ``http://127.0.0.1:PORT``; None for Google Cloud.
+    """
+
+    project: str
+    dataset: str
+    run_id: str
+    endpoint: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str, endpoint: str | None = None) -> BigQueryTarget:
+        """``PROJECT:DATASET`` (or ``PROJECT.DATASET``) → a target with a fresh run id."""
+        from pipeline.bigquery import new_run_id
+
+        project, sep, dataset = spec.replace(".", ":", 1).partition(":")
+        if not sep or not project or not _DATASET.match(dataset):
+            raise OptionsError(
+                f"--bigquery-dataset wants PROJECT:DATASET (dataset: letters, digits, _), "
+                f"got {spec!r}"
+            )
+        return cls(project, dataset, new_run_id(), endpoint)
+
+
+@dataclass(frozen=True)
+class StreamingOptions:
+    """The Pub/Sub side of ``stampflow run --streaming`` (all durations in seconds).
+
+    Attributes
+    ----------
+    subscription
+        ``projects/P/subscriptions/S`` the alerts arrive on.
+    output_topic, dead_letter_topic, density_topic
+        ``projects/P/topics/T`` for JSON rows, dead letters and windowed sky density (optional).
+    window_s, lateness_s, early_s
+        Sky-density window, allowed lateness and early-firing delay [s].
+    hold_s, ttl_s
+        First-detection hold and state lifetime [s] (:mod:`transforms.streaming_state`).
+    timestamp_attribute
+        Pub/Sub attribute holding the event time, or None (publish time).
+    max_run_s
+        Cancel the job after this long [s]; None runs until interrupted.
+    """
+
+    subscription: str
+    output_topic: str | None = None
+    dead_letter_topic: str | None = None
+    density_topic: str | None = None
+    window_s: float = 600.0
+    lateness_s: float = 3600.0
+    early_s: float = 5.0
+    hold_s: float = DEFAULT_HOLD_S
+    ttl_s: float = DEFAULT_STATE_TTL_S
+    timestamp_attribute: str | None = None
+    max_run_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything ``stampflow run`` needs, validated (see the module docstring).
+
+    Attributes
+    ----------
+    model
+        The model to serve.
+    inputs
+        Batch: alert files, directories, globs, archives (each matches something).
+    output
+        Batch: output directory (writable); streaming: None (outputs are topics and tables).
+    streaming
+        The Pub/Sub options; None for a batch run.
+    select, rules, stamp_policy
+        ``--select``, ``--rules alerce`` (True) or ``none``, ``--stamp-policy``.
+    nside, top_sn
+        Sky-density HEALPix resolution and SN candidates reported.
+    bigquery
+        BigQuery target, or None.
+    watch
+        Streaming: how new model versions are followed, or None.
+    runner
+        The Beam runner, resolved.
+    beam_args
+        Other Beam pipeline options, passed through.
+    progress, verbose
+        Print progress lines; show library logs.
+    """
+
+    model: ModelInfo
+    inputs: tuple[str, ...] = ()
+    output: str | None = None
+    streaming: StreamingOptions | None = None
+    select: str = "first"
+    rules: bool = True
+    stamp_policy: str = "drop"
+    nside: int = 64
+    top_sn: int = 50
+    bigquery: BigQueryTarget | None = None
+    watch: ModelWatch | None = None
+    runner: str = BATCH_RUNNER
+    beam_args: tuple[str, ...] = ()
+    progress: bool = True
+    verbose: bool = False
+
+    @property
+    def is_streaming(self) -> bool:
+        """True for ``--streaming``."""
+        return self.streaming is not None
+
+    @property
+    def spread(self) -> bool:
+        """Reshuffle selected alerts over workers (distributed runners only)."""
+        return self.runner not in LOCAL_RUNNERS
+
+    def pipeline_options(self) -> PipelineOptions:
+        """Beam's options for this run (the runner, streaming on or off, the pass-through flags)."""
+        options = PipelineOptions(list(self.beam_args), runner=self.runner)
+        options.view_as(StandardOptions).streaming = self.is_streaming
+        return options
+
+
+# --- Command line ---------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _nside(text: str) -> int:
+    value = _positive_int(text)
+    if value & (value - 1):
+        raise argparse.ArgumentTypeError(f"must be a power of two, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``stampflow run``'s flags; anything else is passed to Beam as pipeline options."""
+    parser.add_argument(
+        "--input", nargs="+", default=None, help="alert files, directories, globs, archives"
+    )
+    parser.add_argument("--output", type=str, default="output", help="output directory")
+    parser.add_argument(
+        "--model", type=str, default=DEFAULT_MODEL, help="exported model dir (default: shipped)"
+    )
+    parser.add_argument(
+        "--select",
+        choices=SELECT_MODES,
+        default="first",
+        help="classify first detections only (default) or every alert (each once)",
+    )
+    parser.add_argument(
+        "--rules",
+        choices=("alerce", "none"),
+        default="alerce",
+        help="apply ALeRCE's rules around the CNN (default) or not",
+    )
+    parser.add_argument(
+        "--stamp-policy",
+        choices=STAMP_SIZE_POLICIES,
+        default="drop",
+        help="non-63x63 stamps: dead letter (ALeRCE) or NaN-pad",
+    )
+    parser.add_argument(
+        "--healpix-nside", type=_nside, default=64, help="sky-density resolution (power of 2)"
+    )
+    parser.add_argument("--top-sn", type=_positive_int, default=50, help="SN candidates to report")
+    parser.add_argument(
+        "--bigquery-dataset",
+        default=None,
+        metavar="PROJECT:DATASET",
+        help="also write the tables to BigQuery (re-running a night replaces, never duplicates)",
+    )
+    parser.add_argument(
+        "--bigquery-emulator",
+        default=None,
+        metavar="URL",
+        help="BigQuery API endpoint of a local emulator (http://127.0.0.1:PORT), for tests",
+    )
+    parser.add_argument(
+        "--runner",
+        type=str,
+        default=None,
+        help=f"Beam runner (default: {BATCH_RUNNER}, or {STREAMING_RUNNER} with --streaming; "
+        "both local, nothing downloaded)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show library logs")
+    parser.add_argument(
+        "--quiet-progress", action="store_true", help="no progress lines while running"
+    )
+    parser.add_argument(
+        "--streaming", action="store_true", help="read Pub/Sub instead of files (see below)"
+    )
+    _add_streaming_arguments(parser.add_argument_group("streaming (with --streaming)"))
+
+
+def _add_streaming_arguments(group: Any) -> None:
+    group.add_argument("--input-subscription", default=None, help="projects/P/subscriptions/S")
+    group.add_argument("--output-topic", default=None, help="projects/P/topics/T: JSON rows")
+    group.add_argument(
+        "--dead-letter-topic", default=None, help="projects/P/topics/T: JSON dead letters"
+    )
+    group.add_argument(
+        "--density-topic", default=None, help="projects/P/topics/T: windowed sky density (JSON)"
+    )
+    group.add_argument(
+        "--window-minutes", type=_positive_float, default=10.0, help="sky-density window [min]"
+    )
+    group.add_argument(
+        "--allowed-lateness-minutes",
+        type=_non_negative_float,
+        default=60.0,
+        help="late rows still update their density window this long after it closes [min]",
+    )
+    group.add_argument(
+        "--early-firing-seconds",
+        type=_positive_float,
+        default=5.0,
+        help="processing-time delay of early density panes [s]",
+    )
+    group.add_argument(
+        "--hold-seconds",
+        type=_non_negative_float,
+        default=DEFAULT_HOLD_S,
+        help="first detection: wait this long (event and arrival time) for earlier alerts [s]",
+    )
+    group.add_argument(
+        "--state-ttl-hours",
+        type=_positive_float,
+        default=DEFAULT_STATE_TTL_S / 3600.0,
+        help="forget a candid / released object after this much processing time [h]",
+    )
+    group.add_argument(
+        "--timestamp-attribute",
+        default=None,
+        help=f"Pub/Sub attribute with the event time (e.g. {EVENT_TIME_ATTRIBUTE!r}, set by "
+        "stampflow publish) so the source watermark follows jd; default: publish time",
+    )
+    group.add_argument(
+        "--model-watch",
+        default=None,
+        metavar="GLOB",
+        help=f"reload new model versions: glob of their {METADATA_FILE} files",
+    )
+    group.add_argument(
+        "--model-watch-mode",
+        choices=WATCH_MODES,
+        default="auto",
+        help="follow --model-watch as RunInference's side input (WatchFilePattern) or by polling "
+        "in the model handler; auto: poll on the local runners, side input elsewhere",
+    )
+    group.add_argument(
+        "--model-watch-interval",
+        type=_positive_float,
+        default=60.0,
+        help="how often --model-watch looks for a new version [s]",
+    )
+    group.add_argument(
+        "--max-run-seconds",
+        type=_positive_float,
+        default=None,
+        help="cancel the streaming job after this long (local runs, demos); default: run forever",
+    )
+
+
+def parse(argv: Sequence[str] | None = None) -> RunOptions:
+    """Parse and validate ``stampflow run`` arguments (plus Beam options) into :class:`RunOptions`.
+
+    Raises
+    ------
+    OptionsError
+        On a user's mistake (see the module docstring).
+    """
+    parser = argparse.ArgumentParser(prog="stampflow run")
+    add_arguments(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    return from_namespace(args, beam_args)
+
+
+# --- Validation -----------------------------------------------------------------------------------
+def check_inputs(patterns: Sequence[str], flag: str = "--input") -> tuple[str, ...]:
+    """Every input pattern must match at least one file (a typo is refused, not dead-lettered).
+
+    ``flag`` names the argument in the message.
+
+    Raises
+    ------
+    OptionsError
+        Naming the first pattern that matches nothing.
+    """
+    for pattern in patterns:
+        first = next(iter(expand_pattern(pattern)), None)
+        if first is None or isinstance(first, ReadError):
+            why = first.reason.split(": ", 1)[-1] if first is not None else "nothing there"
+            raise OptionsError(f"{flag}: {why}")
+    return tuple(patterns)
+
+
+def check_output(output: str, flag: str = "--output") -> str:
+    """``--output`` must be a directory this process can write (local or any Beam filesystem).
+
+    A probe file is written and deleted, so an unwritable output is refused before the pipeline
+    runs rather than after it.
+
+    Raises
+    ------
+    OptionsError
+        When the output is an existing file or cannot be written.
+    """
+    if "://" not in output:
+        path = Path(output)
+        if path.exists() and not path.is_dir():
+            raise OptionsError(f"{flag} {output}: exists and is not a directory")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OptionsError(f"{flag} {output}: cannot create it ({e.strerror or e})") from None
+    probe = FileSystems.join(output, f"{_PROBE}{uuid.uuid4().hex[:8]}")
+    try:
+        with FileSystems.create(probe) as f:
+            f.write(b"")
+        FileSystems.delete([probe])
+    except Exception as e:  # any filesystem's refusal; the message is what the user needs
+        detail = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+        raise OptionsError(f"{flag} {output}: not writable ({detail})") from None
+    return output
+
+
+def check_pubsub(flag: str, name: str | None, kind: str) -> str | None:
+    """A Pub/Sub ``subscription`` or ``topic`` path, validated with Beam's own rules."""
+    if name is None:
+        return None
+    from apache_beam.io.gcp.pubsub import parse_subscription, parse_topic
+
+    try:
+        (parse_subscription if kind == "subscription" else parse_topic)(name)
+    except ValueError as e:
+        raise OptionsError(f"{flag} {name!r}: {e}") from None
+    return name
+
+
+def _watch(args: argparse.Namespace, runner: str) -> ModelWatch | None:
+    if not args.model_watch:
+        return None
+    mode = args.model_watch_mode
+    if mode == "auto":
+        mode = "poll" if runner in NO_WATCH_RUNNERS else "side-input"
+    if mode == "side-input" and runner in NO_WATCH_RUNNERS:
+        # Beam's Python direct runners cannot expand WatchFilePattern's Watch/PeriodicImpulse
+        # (splittable DoFns), and their side inputs ignore the discarding trigger it relies on.
+        raise OptionsError(
+            "--model-watch-mode side-input needs a runner with splittable DoFns and "
+            "slowly-updating side inputs (DataflowRunner); on the local runners use "
+            "--model-watch-mode poll (the default there)"
+        )
+    return ModelWatch(args.model_watch, mode, args.model_watch_interval)
+
+
+def _streaming(args: argparse.Namespace) -> StreamingOptions:
+    if not args.input_subscription:
+        raise OptionsError("--streaming needs --input-subscription projects/P/subscriptions/S")
+    if not (args.output_topic or args.bigquery_dataset):
+        raise OptionsError("--streaming needs --output-topic and/or --bigquery-dataset")
+    return StreamingOptions(
+        subscription=check_pubsub("--input-subscription", args.input_subscription, "subscription"),
+        output_topic=check_pubsub("--output-topic", args.output_topic, "topic"),
+        dead_letter_topic=check_pubsub("--dead-letter-topic", args.dead_letter_topic, "topic"),
+        density_topic=check_pubsub("--density-topic", args.density_topic, "topic"),
+        window_s=args.window_minutes * 60.0,
+        lateness_s=args.allowed_lateness_minutes * 60.0,
+        early_s=args.early_firing_seconds,
+        hold_s=args.hold_seconds,
+        ttl_s=args.state_ttl_hours * 3600.0,
+        timestamp_attribute=args.timestamp_attribute,
+        max_run_s=args.max_run_seconds,
+    )
+
+
+def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> RunOptions:
+    """Validate parsed flags (see :func:`add_arguments`) into :class:`RunOptions`.
+
+    Checks run cheapest first; the model is read once and the output probed last.
+
+    Raises
+    ------
+    OptionsError
+        On a user's mistake (see the module docstring).
+    """
+    streaming = _streaming(args) if args.streaming else None
+    runner = args.runner or (STREAMING_RUNNER if streaming else BATCH_RUNNER)
+    watch = _watch(args, runner) if streaming else None
+    if not streaming and args.model_watch:
+        raise OptionsError("--model-watch follows new versions in a --streaming run only")
+    bigquery = None
+    if args.bigquery_dataset:
+        bigquery = BigQueryTarget.parse(args.bigquery_dataset, args.bigquery_emulator)
+    inputs: tuple[str, ...] = ()
+    if not streaming:
+        if not args.input:
+            raise OptionsError("--input is required (or --streaming)")
+        inputs = check_inputs(args.input)
+    model = ModelInfo.read(args.model)
+    output = None if streaming else check_output(args.output)
+    return RunOptions(
+        model=model,
+        inputs=inputs,
+        output=output,
+        streaming=streaming,
+        select=args.select,
+        rules=args.rules == "alerce",
+        stamp_policy=args.stamp_policy,
+        nside=args.healpix_nside,
+        top_sn=args.top_sn,
+        bigquery=bigquery,
+        watch=watch,
+        runner=runner,
+        beam_args=tuple(beam_args),
+        progress=not args.quiet_progress,
+        verbose=args.verbose,
+    )
