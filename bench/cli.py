@@ -49,6 +49,8 @@ def run_bench(
     repeat: int = 3,
     seconds: float = 3.0,
     profile: str | Path | None = None,
+    null_model: bool = False,
+    device: bool = False,
     log=print,
 ) -> dict[str, Any]:
     """Run every measurement and return the result (see the module docstring).
@@ -77,6 +79,12 @@ def run_bench(
         Minimum time per machine and inference measurement.
     profile
         Also profile an in-process run of the night with cProfile and write the report here.
+    null_model
+        Also run the night end to end with ``--runtime null`` (fixed probabilities, no
+        TensorFlow): the cost of everything but inference, in the same run (``end_to_end_null``).
+    device
+        Also measure inference on the accelerator TensorFlow sees (or the CPU, said plainly),
+        at that device's batch sizes, with and without XLA, and the XLA parity (``device``).
     log
         Progress printer (``print``; a no-op to stay quiet).
 
@@ -128,6 +136,9 @@ def run_bench(
                 real, model_dir, machine_gflops, repeat, seconds, inference=False
             )
 
+    if device:
+        result["device"] = measure_device(model_dir, fit_alerts, seconds, log)
+
     picked = sorted(random.Random(seed).sample(files, min(baseline_alerts, len(files))))
     log(f"baseline on {len(picked)} alert files ...")
     base = baseline.baseline_rate(picked, model_dir)
@@ -145,6 +156,15 @@ def run_bench(
     result["scaling"] = runs
     e2e = next(r for r in runs if r["alerts"] == alerts)
     result["end_to_end"] = e2e
+    if null_model:
+        log(f"stampflow run --runtime null on {alerts} alerts, {workers} worker(s) ...")
+        out = Path(tempfile.mkdtemp(prefix="run-null-", dir=cache))
+        try:
+            result["end_to_end_null"] = end_to_end.run_pipeline(
+                night, model_dir, out, workers, runtime="null"
+            )
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
     if profile:
         log("profiling an in-process run ...")
@@ -170,6 +190,42 @@ def run_bench(
         load_average_end=os.getloadavg()[0],
     )
     return result
+
+
+def measure_device(model_dir: Path, alerts: list, seconds: float, log=print) -> dict[str, Any]:
+    """Inference on the device TensorFlow sees: alerts/s per batch size, plain and with XLA.
+
+    Returns
+    -------
+    dict
+        ``gpus`` (names; empty: none seen), ``device`` (``gpu``/``cpu``), ``batches``,
+        ``inference`` and ``inference_xla`` (``{batch: alerts/s}``), ``xla_max_abs_diff``
+        (largest probability difference between the two on the benchmark alerts).
+    """
+    import numpy as np
+
+    from bench import stages
+    from bench.serving import load_serving
+    from model.handler import BATCH_BOUNDS, visible_gpus
+
+    gpus = visible_gpus()
+    kind = "gpu" if gpus else "cpu"
+    log(f"device: {', '.join(gpus) if gpus else 'TensorFlow sees no GPU; measuring the CPU'}")
+    batches = tuple(sorted({1, 64, *BATCH_BOUNDS[kind]}))
+    features, stamps = stages.examples_of(alerts)
+    plain = stages.inference_rates(model_dir, features, stamps, batches, seconds)
+    xla = stages.inference_rates(model_dir, features, stamps, batches, seconds, jit_compile=True)
+    diff = np.abs(
+        load_serving(model_dir)(features, stamps) - load_serving(model_dir, True)(features, stamps)
+    )
+    return {
+        "gpus": gpus,
+        "device": kind,
+        "batches": list(batches),
+        "inference": plain,
+        "inference_xla": xla,
+        "xla_max_abs_diff": float(diff.max()),
+    }
 
 
 def stage_table(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -257,6 +313,29 @@ def format_markdown(result: dict[str, Any]) -> str:
         f"peak RSS {e2e['peak_rss_mb']:,.0f} MB (process tree). Baseline on {base['alerts']:,} of "
         f"the same alerts: {base['alerts_per_s']:,.0f} alerts/s. Ratio {result['ratio']:.1f}×.",
     ]
+    dev = result.get("device")
+    if dev:
+        seen = ", ".join(dev["gpus"]) if dev["gpus"] else "no GPU: CPU only"
+        lines += [
+            "",
+            f"Device: TensorFlow sees {seen}. XLA (`--jit-compile`) changes probabilities by at "
+            f"most {dev['xla_max_abs_diff']:.1e}.",
+            "",
+            "| batch | plain [alerts/s] | XLA [alerts/s] |",
+            "|---:|---:|---:|",
+        ]
+        for b in dev["batches"]:
+            lines.append(f"| {b} | {dev['inference'][b]:,.0f} | {dev['inference_xla'][b]:,.0f} |")
+    null = result.get("end_to_end_null")
+    if null:
+        lines += [
+            "",
+            f"Everything but inference (`--runtime null`, same night, same run): "
+            f"{null['alerts_per_s']:,.0f} alerts/s, {null['ms_per_alert_read']:.2f} ms per alert "
+            f"read ({null['runtime_s']:.1f} s job time); with the model "
+            f"{e2e['ms_per_alert_read']:.2f} ms, so inference costs "
+            f"{e2e['ms_per_alert_read'] - null['ms_per_alert_read']:.2f} ms per alert read.",
+        ]
     if len(result["scaling"]) > 1:
         lines += [
             "",
@@ -287,6 +366,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help=f"{QUICK_ALERTS:,} alerts and shorter measurements"
     )
     parser.add_argument("--json", type=str, default=None, help="also write every number here")
+    parser.add_argument(
+        "--device",
+        action="store_true",
+        help="also measure inference on the accelerator TensorFlow sees (says so when none), "
+        "at its batch sizes, with and without XLA",
+    )
+    parser.add_argument(
+        "--null-model",
+        action="store_true",
+        help="also run the night with fixed probabilities and no TensorFlow (--runtime null): "
+        "the cost of everything around the model",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -372,6 +463,8 @@ def main(args: argparse.Namespace) -> int:
         repeat=2 if quick else 3,
         seconds=args.seconds or (1.0 if quick else 3.0),
         profile=args.profile,
+        null_model=args.null_model,
+        device=args.device,
     )
     result["bench_seconds"] = time.perf_counter() - started
     print(format_markdown(result))

@@ -123,6 +123,7 @@ def run_pipeline(
     out_dir: str | Path,
     workers: int = 2,
     interval: float = 0.2,
+    runtime: str = "tensorflow",
 ) -> dict[str, Any]:
     """Run ``stampflow run`` on ``night`` in a subprocess; time it and sample its memory.
 
@@ -139,6 +140,9 @@ def run_pipeline(
         with that many worker processes.
     interval
         Memory sampling period [s].
+    runtime
+        ``--runtime`` of the run: ``tensorflow``, or ``null`` (fixed probabilities, no
+        TensorFlow: everything but inference).
 
     Returns
     -------
@@ -154,7 +158,7 @@ def run_pipeline(
         If the job exits non-zero (its stderr tail is included).
     """
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--input", str(night)]
-    cmd += ["--output", str(out_dir), "--model", str(model_dir)]
+    cmd += ["--output", str(out_dir), "--model", str(model_dir), "--runtime", runtime]
     if workers > 1:
         cmd += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -194,6 +198,9 @@ def run_pipeline(
         "runtime_s": summary["runtime_s"],
         "wall_s": wall,
         "alerts_per_s": records / summary["runtime_s"] if summary["runtime_s"] else 0.0,
+        # CPU cost per alert read: job time x cores over the alerts read [core-ms]
+        "ms_per_alert_read": 1000 * summary["runtime_s"] / records if records else 0.0,
+        "runtime": runtime,
         "wall_alerts_per_s": records / wall,
         # the sampled tree sum can miss a short peak; never report less than the largest process
         "peak_rss_mb": max(peak, largest) / 2**20,

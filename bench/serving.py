@@ -15,7 +15,9 @@ import numpy as np
 __all__ = ["load_serving"]
 
 
-def load_serving(model_dir: str | Path) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def load_serving(
+    model_dir: str | Path, jit_compile: bool = False
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """The SavedModel's ``serving_default`` signature as ``predict(features, stamps) -> probs``.
 
     The model is loaded the way the pipeline's model handler
@@ -25,6 +27,8 @@ def load_serving(model_dir: str | Path) -> Callable[[np.ndarray, np.ndarray], np
     ----------
     model_dir
         An exported model directory.
+    jit_compile
+        Compile the serving function with XLA, as ``stampflow run --jit-compile`` does.
 
     Returns
     -------
@@ -34,12 +38,14 @@ def load_serving(model_dir: str | Path) -> Callable[[np.ndarray, np.ndarray], np
     """
     import tensorflow as tf  # only when a model is loaded: importing bench stays cheap
 
-    from model.handler import StampClassifierHandler
+    from model.handler import StampClassifierHandler, serving_function
     from transforms.schema import RAW_FEATURES_KEY, RAW_STAMPS_KEY, SERVING_OUTPUT_KEY
 
-    signature = StampClassifierHandler(str(model_dir)).load_model().signatures["serving_default"]
+    # Keep the loaded object: the serving function refers to the variables it owns.
+    model = StampClassifierHandler(str(model_dir), jit_compile=jit_compile).load_model()
+    signature = serving_function(model)
 
-    def predict(features: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+    def predict(features: np.ndarray, stamps: np.ndarray, _model=model) -> np.ndarray:
         out = signature(
             **{RAW_FEATURES_KEY: tf.constant(features), RAW_STAMPS_KEY: tf.constant(stamps)}
         )

@@ -248,6 +248,7 @@ def inference_rates(
     stamps: np.ndarray,
     batches: Sequence[int] = INFERENCE_BATCHES,
     seconds: float = 2.0,
+    jit_compile: bool = False,
 ) -> dict[int, float]:
     """alerts/s through the serving signature at each batch size (best of three passes).
 
@@ -261,13 +262,15 @@ def inference_rates(
         Batch sizes.
     seconds
         Minimum time per pass.
+    jit_compile
+        Measure the XLA-compiled serving function instead.
 
     Returns
     -------
     dict
         ``{batch size: alerts/s}``.
     """
-    predict = load_serving(model_dir)
+    predict = load_serving(model_dir, jit_compile)
     reps = -(-max(batches) // len(features))
     features = np.tile(features, (reps, 1))
     stamps = np.tile(stamps, (reps, 1, 1, 1))

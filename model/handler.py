@@ -12,6 +12,7 @@ class order, crop, training description, metrics), readable without TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,16 +29,20 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from transforms.schema import CLASS_NAMES, RAW_FEATURES_KEY, RAW_STAMPS_KEY, SERVING_OUTPUT_KEY
 
 __all__ = [
+    "BATCH_BOUNDS",
     "MAX_BATCH",
     "METADATA_FILE",
     "MIN_BATCH",
     "ModelDirError",
+    "NullHandler",
     "PollingHandler",
     "StampClassifierHandler",
     "VersionedHandler",
     "WatchedModel",
     "model_dirs_newest_first",
     "read_metadata",
+    "serving_function",
+    "visible_gpus",
     "write_metadata",
 ]
 
@@ -45,6 +50,29 @@ METADATA_FILE = "stampflow_model.json"
 #: Batch bounds for ``BatchElements`` in front of the model: large enough to amortise the
 #: TensorFlow call, small enough to keep a worker's memory flat (a raw example is ~48 kB).
 MIN_BATCH, MAX_BATCH = 64, 256
+#: Batch bounds per device (``--device``): a GPU wants larger batches to be worth its launch
+#: overhead (48 MB of raw examples at 1,024; the network itself is 0.4 GFLOP per alert).
+BATCH_BOUNDS: dict[str, tuple[int, int]] = {"cpu": (MIN_BATCH, MAX_BATCH), "gpu": (256, 1024)}
+
+
+def visible_gpus() -> list[str]:
+    """Names of the GPUs TensorFlow sees (empty without one, or without TensorFlow)."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return []
+    return [d.name for d in tf.config.list_physical_devices("GPU")]
+
+
+def _grow_gpu_memory() -> None:
+    # TensorFlow grabs the whole GPU by default; with growth on, several worker processes (or
+    # another framework) can share one card. Must run before the first GPU op; later it raises.
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        # RuntimeError: already initialised in this process, nothing left to change
+        with contextlib.suppress(RuntimeError):
+            tf.config.experimental.set_memory_growth(gpu, True)
 
 
 class ModelDirError(ValueError):
@@ -183,10 +211,23 @@ class WatchedModel:
         return self._current
 
 
-def _load(model_dir: str) -> Any:
+def _load(model_dir: str, jit_compile: bool = False) -> Any:
     import tensorflow as tf
 
-    return tf.saved_model.load(model_dir)
+    _grow_gpu_memory()
+    model = tf.saved_model.load(model_dir)
+    if jit_compile:
+        # XLA over the whole serving function (transform + four rotations + softmax).
+        model.stampflow_serve = tf.function(
+            model.signatures["serving_default"], jit_compile=True
+        )
+    return model
+
+
+def serving_function(model: Any) -> Any:
+    """The loaded model's serving function (the XLA-compiled one with ``jit_compile``)."""
+    serve = getattr(model, "stampflow_serve", None)
+    return serve if serve is not None else model.signatures["serving_default"]
 
 
 def write_metadata(model_dir: str, metadata: dict[str, Any]) -> None:
@@ -206,18 +247,39 @@ class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
     model_dir
         Directory with the SavedModel and ``stampflow_model.json``.
     min_batch_size, max_batch_size
-        Bounds passed to ``BatchElements``.
+        Bounds passed to ``BatchElements``; None: :data:`BATCH_BOUNDS` of ``device``.
+    device
+        ``"cpu"`` or ``"gpu"``: the batch bounds. TensorFlow places the graph on a GPU by itself
+        when it sees one; GPU memory grows as needed instead of being taken whole.
+    jit_compile
+        Compile the serving function with XLA (``--jit-compile``).
+
+    Notes
+    -----
+    One loaded model per worker process, shared by its threads (RunInference's shared handle);
+    on a GPU machine on Dataflow, run one SDK process per VM
+    (``--experiments=no_use_multiple_sdk_containers``) so one model holds the card.
     """
 
     def __init__(
-        self, model_dir: str, min_batch_size: int = MIN_BATCH, max_batch_size: int = MAX_BATCH
+        self,
+        model_dir: str,
+        min_batch_size: int | None = None,
+        max_batch_size: int | None = None,
+        device: str = "cpu",
+        jit_compile: bool = False,
     ) -> None:
         super().__init__()
         self.model_dir = model_dir
-        self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+        low, high = BATCH_BOUNDS[device]
+        self._batch = {
+            "min_batch_size": min_batch_size or low,
+            "max_batch_size": max_batch_size or high,
+        }
+        self.device, self.jit_compile = device, jit_compile
 
     def load_model(self) -> Any:
-        return _load(self.model_dir)
+        return _load(self.model_dir, self.jit_compile)
 
     def run_inference(
         self, batch: Sequence[Example], model: Any, inference_args: dict | None = None
@@ -226,7 +288,7 @@ class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
 
         features = np.stack([e[RAW_FEATURES_KEY] for e in batch]).astype(np.float32, copy=False)
         stamps = np.stack([e[RAW_STAMPS_KEY] for e in batch]).astype(np.float32, copy=False)
-        out = model.signatures["serving_default"](
+        out = serving_function(model)(
             **{RAW_FEATURES_KEY: tf.constant(features), RAW_STAMPS_KEY: tf.constant(stamps)}
         )
         probs = out[SERVING_OUTPUT_KEY].numpy()
@@ -288,8 +350,8 @@ class PollingHandler(StampClassifierHandler):
         Seconds between looks at the glob.
     """
 
-    def __init__(self, model_dir: str, pattern: str, interval_s: float) -> None:
-        super().__init__(model_dir)
+    def __init__(self, model_dir: str, pattern: str, interval_s: float, **kwargs: Any) -> None:
+        super().__init__(model_dir, **kwargs)
         self.pattern, self.interval_s = pattern, interval_s
 
     def load_model(self) -> WatchedModel:
@@ -303,3 +365,23 @@ class PollingHandler(StampClassifierHandler):
             PredictionResult(r.example, r.inference, model_dir)
             for r in super().run_inference(batch, loaded, inference_args)
         ]
+
+
+class NullHandler(StampClassifierHandler):
+    """Fixed probabilities, no TensorFlow: ``--runtime null``, to measure everything but the model.
+
+    Every example gets :data:`NULL_PROBABILITIES` (uniform) and ``model_dir`` as its model id; the
+    batching, keying and dead-letter paths around RunInference are exactly those of a real run.
+    """
+
+    def load_model(self) -> None:
+        return None
+
+    def run_inference(
+        self, batch: Sequence[Example], model: Any, inference_args: dict | None = None
+    ) -> Iterable[PredictionResult]:
+        return [PredictionResult(e, NULL_PROBABILITIES, self.model_dir) for e in batch]
+
+
+#: What :class:`NullHandler` answers for every alert.
+NULL_PROBABILITIES = np.full(len(CLASS_NAMES), 1.0 / len(CLASS_NAMES), dtype=np.float32)

@@ -10,6 +10,15 @@ need of the alert), so nothing has to be joined back after RunInference::
 The model directory travels with each result, so a row names the version that computed it even
 while a streaming job swaps versions (``--model-watch``, :mod:`model.handler`); batch runs always
 name ``--model``.
+
+Known solar-system objects go around the network. With ``--rules alerce`` an alert with
+``ssdistnr >= 0`` is an asteroid whatever the CNN says (SPEC §8: "without asking the CNN"), so it
+is not sent to RunInference at all: its probabilities are :data:`KNOWN_SSO_PROBABILITIES`
+(asteroid 1, the rest 0) and its ``rule`` column is ``known_solar_system_object``, as before. It
+has been featurised like every alert, so the same stamps and features dead letters arise. No
+network computed such a row, so its ``model_name``/``model_version`` are those of the job's
+``--model`` even while ``--model-watch`` serves a newer version to the others. ``--rules none``
+classifies everything with the network.
 """
 
 from __future__ import annotations
@@ -19,14 +28,16 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelMetadata, RunInference
 
-from model.handler import PollingHandler, VersionedHandler, read_metadata
+from model.handler import NullHandler, PollingHandler, VersionedHandler, read_metadata
 from pipeline.options import ModelInfo, ModelWatch
 from transforms.alerts import Alert
 from transforms.dead_letters import REREAD_PATH, dead_letter
-from transforms.rules import apply_rules
+from transforms.rules import apply_rules, is_known_sso
 from transforms.schema import (
+    CLASS_NAMES,
     PROBABILITY_COLUMNS,
     STAGE_INFERENCE,
     STAMP_KINDS,
@@ -34,7 +45,17 @@ from transforms.schema import (
     TAG_DEAD_LETTERS,
 )
 
-__all__ = ["ApplyRules", "Classify", "WatchModel", "alert_meta", "to_row"]
+__all__ = [
+    "KNOWN_SSO_PROBABILITIES",
+    "ApplyRules",
+    "Classify",
+    "WatchModel",
+    "alert_meta",
+    "to_row",
+]
+
+#: Probabilities written for a known solar-system object, which never reaches the network.
+KNOWN_SSO_PROBABILITIES = np.array([float(c == "asteroid") for c in CLASS_NAMES], np.float32)
 
 #: Candidate fields the rules and the SN report need beside the output row.
 EXTRA_FIELDS = ("ssdistnr", "isdiffpos", "sgscore1", "distpsnr1", "ndethist")
@@ -127,20 +148,52 @@ class Classify(beam.PTransform):
     watch
         Follow new versions (streaming): by RunInference's side input (:class:`WatchModel`) or by
         polling in the handler; None serves ``model`` only.
+    known_sso_around
+        Send known solar-system objects around the network (``--rules alerce``; see the module
+        docstring).
+    runtime
+        ``tensorflow``, or ``null`` (:class:`model.handler.NullHandler`: fixed probabilities).
+    device, jit_compile
+        Batch sizes for ``cpu`` or ``gpu``; XLA (see :class:`model.handler.StampClassifierHandler`).
     """
 
-    def __init__(self, model: ModelInfo, watch: ModelWatch | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelInfo,
+        watch: ModelWatch | None = None,
+        known_sso_around: bool = False,
+        runtime: str = "tensorflow",
+        device: str = "cpu",
+        jit_compile: bool = False,
+    ) -> None:
         super().__init__()
-        self.model, self.watch = model, watch
+        self.model, self.watch, self.known_sso_around = model, watch, known_sso_around
+        self.runtime = runtime
+        self.handler_args = {"device": device, "jit_compile": jit_compile}
 
     def expand(self, examples: beam.PCollection) -> dict[str, beam.PCollection]:
+        known = None
+        if self.known_sso_around:
+            split = examples | "KnownSSO" >> beam.Partition(
+                lambda item, _: int(is_known_sso(item[0].get("ssdistnr"))), 2
+            )
+            examples = split[0]
+            model_dir = self.model.directory
+            known = split[1] | "AroundTheNetwork" >> beam.Map(
+                lambda item: (item[0], KNOWN_SSO_PROBABILITIES, model_dir)
+            )
         updates = None
-        if self.watch is not None and self.watch.mode == "poll":
+        if self.runtime == "null":
+            handler = NullHandler(self.model.directory, **self.handler_args)
+        elif self.watch is not None and self.watch.mode == "poll":
             handler = PollingHandler(
-                self.model.directory, self.watch.pattern, self.watch.interval_s
+                self.model.directory,
+                self.watch.pattern,
+                self.watch.interval_s,
+                **self.handler_args,
             )
         else:
-            handler = VersionedHandler(self.model.directory)
+            handler = VersionedHandler(self.model.directory, **self.handler_args)
             if self.watch is not None:
                 updates = examples.pipeline | "WatchModel" >> WatchModel(
                     self.watch.pattern, self.watch.interval_s
@@ -150,6 +203,8 @@ class Classify(beam.PTransform):
         classified = main | "Probabilities" >> beam.MapTuple(
             lambda meta, r: (meta, r.inference, r.model_id)
         )
+        if known is not None:
+            classified = (classified, known) | "WithKnownSSO" >> beam.Flatten()
         dead = other.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_letters)
         return {TAG_CLASSIFIED: classified, TAG_DEAD_LETTERS: dead}
 

@@ -79,6 +79,8 @@ NO_WATCH_RUNNERS = frozenset({"FnApiRunner", "BundleBasedDirectRunner", "DirectR
 DIRECT_RUNNERS = frozenset({"BundleBasedDirectRunner", "DirectRunner"})
 #: ``--model-watch-mode`` choices.
 WATCH_MODES = ("auto", "side-input", "poll")
+#: ``--runtime`` choices.
+RUNTIMES = ("tensorflow", "null")
 #: Prefix of the probe file that proves ``--output`` is writable (deleted at once).
 _PROBE = "._stampflow_write_check_"
 _DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
@@ -239,6 +241,14 @@ class RunOptions:
         Other Beam pipeline options, passed through.
     progress, verbose
         Print progress lines; show library logs.
+    runtime
+        ``tensorflow`` (the model) or ``null`` (fixed probabilities, no TensorFlow: for measuring
+        everything but inference).
+    device
+        ``cpu`` or ``gpu``, resolved from ``--device auto``: picks the inference batch sizes
+        (:data:`model.handler.BATCH_BOUNDS`).
+    jit_compile
+        Compile the serving function with XLA.
     """
 
     model: ModelInfo
@@ -256,6 +266,9 @@ class RunOptions:
     beam_args: tuple[str, ...] = ()
     progress: bool = True
     verbose: bool = False
+    runtime: str = "tensorflow"
+    device: str = "cpu"
+    jit_compile: bool = False
 
     @property
     def is_streaming(self) -> bool:
@@ -352,6 +365,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"Beam runner (default: {BATCH_RUNNER}, or {STREAMING_RUNNER} with --streaming; "
         "both local, nothing downloaded)",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="tensorflow",
+        help="run the model with TensorFlow (default), or 'null': fixed probabilities without "
+        "TensorFlow, to measure everything around the model (stampflow bench --null-model)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="inference batch sizes for this device; auto: gpu when the Dataflow options ask "
+        "for a worker_accelerator or, on a local runner, when TensorFlow sees a GPU",
+    )
+    parser.add_argument(
+        "--jit-compile",
+        action="store_true",
+        help="compile the model with XLA (measure it first: stampflow bench --device)",
     )
     parser.add_argument("--verbose", action="store_true", help="show library logs")
     parser.add_argument(
@@ -545,6 +577,23 @@ def _streaming(args: argparse.Namespace) -> StreamingOptions:
     )
 
 
+def resolve_device(choice: str, runner: str, beam_args: Sequence[str], runtime: str) -> str:
+    """``--device auto`` → ``gpu`` or ``cpu``, decided once where the job is launched.
+
+    Dataflow workers get a GPU when the job asks for one (``worker_accelerator`` in its service
+    options); a local run has one when TensorFlow sees it here.
+    """
+    if choice != "auto":
+        return choice
+    if any("worker_accelerator" in a for a in beam_args):
+        return "gpu"
+    if runtime == "tensorflow" and runner in LOCAL_RUNNERS:
+        from model.handler import visible_gpus
+
+        return "gpu" if visible_gpus() else "cpu"
+    return "cpu"
+
+
 def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> RunOptions:
     """Validate parsed flags (see :func:`add_arguments`) into :class:`RunOptions`.
 
@@ -558,6 +607,8 @@ def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> R
     streaming = _streaming(args) if args.streaming else None
     runner = args.runner or (STREAMING_RUNNER if streaming else BATCH_RUNNER)
     watch = _watch(args, runner) if streaming else None
+    if args.runtime == "null" and args.model_watch:
+        raise OptionsError("--model-watch follows real models; --runtime null serves none")
     if not streaming and args.model_watch:
         raise OptionsError("--model-watch follows new versions in a --streaming run only")
     bigquery = None
@@ -586,4 +637,7 @@ def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> R
         beam_args=tuple(beam_args),
         progress=not args.quiet_progress,
         verbose=args.verbose,
+        runtime=args.runtime,
+        device=resolve_device(args.device, runner, beam_args, args.runtime),
+        jit_compile=args.jit_compile,
     )

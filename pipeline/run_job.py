@@ -147,7 +147,14 @@ def build(p: beam.Pipeline, opts: RunOptions) -> dict[str, beam.PCollection]:
     featurized = selected[TAG_ALERTS] | "Featurize" >> Featurize(
         opts.model.features, opts.stamp_policy, key=alert_meta
     )
-    classified = featurized[TAG_EXAMPLES] | "Classify" >> Classify(opts.model, opts.watch)
+    classified = featurized[TAG_EXAMPLES] | "Classify" >> Classify(
+        opts.model,
+        opts.watch,
+        known_sso_around=opts.rules,
+        runtime=opts.runtime,
+        device=opts.device,
+        jit_compile=opts.jit_compile,
+    )
     rows = classified[TAG_CLASSIFIED] | "ApplyRules" >> ApplyRules(opts.rules, opts.model)
     density = rows | "SkyDensity" >> stage["density"]
     dead = (

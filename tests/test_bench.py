@@ -87,6 +87,7 @@ def tiny_run(tmp_path_factory):
             str(work / "no-real-alerts"),
             "--json",
             str(work / "bench.json"),
+            "--null-model",
         ]
     )
     assert args.func(args) == 0
@@ -103,6 +104,11 @@ def test_tiny_run_writes_every_headline_number(tiny_run):
         tiny_run["pipeline_alerts_per_s"] / tiny_run["baseline_alerts_per_s"]
     )
     assert tiny_run["baseline"]["alerts"] == 60 and tiny_run["baseline"]["classified"] > 0
+    # --null-model: the same night through everything but the network, in the same run
+    null = tiny_run["end_to_end_null"]
+    assert null["runtime"] == "null" and null["reconciled"]
+    assert (null["alerts"], null["classified"]) == (e2e["alerts"], e2e["classified"])
+    assert null["ms_per_alert_read"] == pytest.approx(1000 * null["runtime_s"] / null["alerts"])
 
 
 def test_tiny_run_per_stage_table(tiny_run):

@@ -85,11 +85,28 @@ def test_select_first_picks_exactly_the_first_detections(first_run, night):
     assert summary["skipped"]["earlier_detection_in_history"] > 0  # repeats were simulated
 
 
+def test_known_solar_system_objects_go_around_the_network(first_run, night, model_dir, tmp_path):
+    # --rules alerce: ssdistnr >= 0 is an asteroid without asking the CNN, so it never reaches
+    # RunInference (one-hot probabilities, the rule named); --rules none asks the network.
+    out, summary = first_run
+    known = {r["candid"]: r for r in _rows(out) if r["rule"] == "known_solar_system_object"}
+    assert known and summary["rules_fired"]["known_solar_system_object"] == len(known)
+    for r in known.values():
+        assert r["predicted_class"] == "asteroid"
+        assert [r[f"p_{c}"] for c in ("AGN", "SN", "VS", "asteroid", "bogus")] == [0, 0, 0, 1, 0]
+    bare = tmp_path / "bare"
+    argv = ["--input", str(night), "--output", str(bare), "--model", str(model_dir)]
+    run([*argv, "--rules", "none"])
+    asked = {r["candid"]: r for r in _rows(bare)}
+    assert set(known) <= set(asked)
+    assert all(0 < asked[c]["p_asteroid"] < 1 for c in known)  # the random network's own answer
+
+
 def test_probabilities_equal_the_savedmodel_called_directly(first_run, night, model_dir):
     import tensorflow as tf
 
     out, _ = first_run
-    rows = {r["candid"]: r for r in _rows(out)}
+    rows = {r["candid"]: r for r in _rows(out) if r["rule"] != "known_solar_system_object"}
     alerts = [a for a in _alerts(night) if a.candid in rows]
     result = featurize_alerts(alerts, FEATURES_PRODUCTION, "drop")
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
@@ -313,3 +330,15 @@ def test_the_same_alerts_read_twice_give_one_row_each(
     assert summary["records_in"] == 2 * once["records_in"] and summary["reconciled"]
     if select == "first":
         assert sorted(r["candid"] for r in rows) == sorted(r["candid"] for r in _rows(first_run[0]))
+
+
+def test_xla_compiled_model_gives_the_same_probabilities(night, model_dir):
+    # --jit-compile: the whole serving function through XLA, parity with the plain graph.
+    from bench.serving import load_serving
+
+    result = featurize_alerts(_alerts(night)[:64], FEATURES_PRODUCTION, "pad")
+    feats = np.stack([e["features"] for _, e in result.examples])
+    stamps = np.stack([e["stamps"] for _, e in result.examples])
+    plain = load_serving(model_dir)(feats, stamps)
+    xla = load_serving(model_dir, jit_compile=True)(feats, stamps)
+    np.testing.assert_allclose(xla, plain, atol=1e-5)

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from transforms.density import density_rows, healpix_pixels, night_of
-from transforms.rules import apply_rules, history_skip_reason, is_negative_difference
+from transforms.rules import (
+    apply_rules,
+    history_skip_reason,
+    is_known_sso,
+    is_negative_difference,
+)
 from transforms.schema import (
     RULE_KNOWN_ASTEROID,
     RULE_SN_VETO_NEGATIVE,
@@ -28,6 +33,7 @@ def test_known_solar_system_object_is_an_asteroid():
     assert apply_rules(SN_TOP, {**CLEAN, "ssdistnr": 0.0}) == ("asteroid", RULE_KNOWN_ASTEROID)
     assert apply_rules(AGN_TOP, {**CLEAN, "ssdistnr": 4.2})[1] == RULE_KNOWN_ASTEROID
     assert apply_rules(SN_TOP, {**CLEAN, "ssdistnr": None}) == ("SN", None)
+    assert [is_known_sso(v) for v in (0.0, 4.2, -999.0, -1.0, None)] == [1, 1, 0, 0, 0]
 
 
 @pytest.mark.parametrize("flag", ["f", "0"])

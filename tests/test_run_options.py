@@ -146,3 +146,34 @@ def test_decode_refuses_a_typo_the_same_way(tmp_path, capsys):
     assert main(["decode", typo, "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"stampflow decode: input: '{typo}' matched no alert files"]
+
+
+def test_null_runtime_serves_fixed_probabilities_without_a_model(night, tmp_path):
+    from model.handler import NULL_PROBABILITIES, NullHandler
+
+    opts = parse(["--input", str(night), "--output", str(tmp_path / "o"), "--runtime", "null"])
+    assert opts.runtime == "null"
+    handler = NullHandler(opts.model.directory)
+    assert handler.load_model() is None
+    (result,) = handler.run_inference([{"features": None, "stamps": None}], None)
+    assert result.model_id == opts.model.directory
+    assert result.inference.tolist() == NULL_PROBABILITIES.tolist()
+    assert NULL_PROBABILITIES.sum() == pytest.approx(1.0) and len(set(NULL_PROBABILITIES)) == 1
+    with pytest.raises(OptionsError, match="--runtime null serves none"):
+        parse([*STREAM, "--runtime", "null", "--model-watch", "m/*"])
+
+
+def test_device_decides_the_inference_batch_sizes(night, tmp_path):
+    from model.handler import BATCH_BOUNDS, StampClassifierHandler
+
+    base = ["--input", str(night), "--output", str(tmp_path / "o")]
+    assert parse(base).device == "cpu"  # this machine: TensorFlow sees no GPU
+    gpu_job = [*base, "--runner", "DataflowRunner", "--project", "p", "--region", "r"]
+    accel = "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1"
+    assert parse([*gpu_job, accel]).device == "gpu"
+    assert parse(gpu_job).device == "cpu"
+    assert parse([*base, "--device", "gpu", "--jit-compile"]).jit_compile
+    for device, (low, high) in BATCH_BOUNDS.items():
+        kwargs = StampClassifierHandler("m", device=device).batch_elements_kwargs()
+        assert kwargs == {"min_batch_size": low, "max_batch_size": high}
+    assert BATCH_BOUNDS["gpu"][1] > BATCH_BOUNDS["cpu"][1]

@@ -57,6 +57,12 @@ def history_skip_reason(
     return None
 
 
+def is_known_sso(ssdistnr: Any) -> bool:
+    """A known solar-system object lies nearby (``ssdistnr >= 0`` [arcsec]; ZTF writes -999 or
+    null when none does)."""
+    return ssdistnr is not None and ssdistnr >= 0
+
+
 def is_negative_difference(isdiffpos: Any) -> bool:
     """ZTF's ``isdiffpos`` is ``'t'``/``'1'`` for a positive and ``'f'``/``'0'`` for a negative
     difference (science fainter than reference)."""
@@ -85,8 +91,7 @@ def apply_rules(
     top = int(np.argmax(probabilities))
     if not enabled:
         return CLASS_NAMES[top], None
-    ssdistnr = candidate.get("ssdistnr")
-    if ssdistnr is not None and ssdistnr >= 0:
+    if is_known_sso(candidate.get("ssdistnr")):
         return "asteroid", RULE_KNOWN_ASTEROID
     if top == _SN:
         rule = None
