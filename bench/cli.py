@@ -143,6 +143,8 @@ def run_bench(
     log(f"baseline on {len(picked)} alert files ...")
     base = baseline.baseline_rate(picked, model_dir)
     result["baseline"] = base
+    log(f"ALeRCE-style batched peer on {len(picked)} alert files ...")
+    result["batched_peer"] = baseline.batched_peer_rate(picked, model_dir)
 
     runs = []
     for n in sorted({*sizes, alerts}):
@@ -180,6 +182,12 @@ def run_bench(
         baseline_alerts_per_s=base["alerts_per_s"],
         pipeline_alerts_per_s=e2e["alerts_per_s"],
         ratio=e2e["alerts_per_s"] / base["alerts_per_s"] if base["alerts_per_s"] else 0.0,
+        batched_peer_alerts_per_s=result["batched_peer"]["alerts_per_s"],
+        ratio_batched_peer=(
+            e2e["alerts_per_s"] / result["batched_peer"]["alerts_per_s"]
+            if result["batched_peer"]["alerts_per_s"]
+            else 0.0
+        ),
         peak_rss_mb=e2e["peak_rss_mb"],
         inference_gflops=b64["gflops"],
         machine_gflops=machine_gflops,
@@ -312,6 +320,10 @@ def format_markdown(result: dict[str, Any]) -> str:
         f"alerts/s ({e2e['runtime_s']:.1f} s job time, {e2e['wall_s']:.1f} s wall with start-up), "
         f"peak RSS {e2e['peak_rss_mb']:,.0f} MB (process tree). Baseline on {base['alerts']:,} of "
         f"the same alerts: {base['alerts_per_s']:,.0f} alerts/s. Ratio {result['ratio']:.1f}×.",
+        f"ALeRCE-style batched peer (per-file fastavro, astropy stamps, features and inference "
+        f"per batch of {result['batched_peer']['batch']}): "
+        f"{result['batched_peer_alerts_per_s']:,.0f} alerts/s; ratio "
+        f"{result['ratio_batched_peer']:.1f}×.",
     ]
     dev = result.get("device")
     if dev:

@@ -16,6 +16,8 @@ from model.network import NetworkConfig
 
 HEADLINE = (
     "baseline_alerts_per_s",
+    "batched_peer_alerts_per_s",
+    "ratio_batched_peer",
     "pipeline_alerts_per_s",
     "ratio",
     "peak_rss_mb",
@@ -104,6 +106,9 @@ def test_tiny_run_writes_every_headline_number(tiny_run):
         tiny_run["pipeline_alerts_per_s"] / tiny_run["baseline_alerts_per_s"]
     )
     assert tiny_run["baseline"]["alerts"] == 60 and tiny_run["baseline"]["classified"] > 0
+    # the batched peer reads and classifies the same alerts, only in batches
+    peer = tiny_run["batched_peer"]
+    assert (peer["alerts"], peer["classified"]) == (60, tiny_run["baseline"]["classified"])
     # --null-model: the same night through everything but the network, in the same run
     null = tiny_run["end_to_end_null"]
     assert null["runtime"] == "null" and null["reconciled"]
