@@ -92,11 +92,33 @@ def group(counts: Mapping[str, int], prefix: str) -> dict[str, int]:
     return {k[len(prefix) :]: v for k, v in sorted(counts.items()) if k.startswith(prefix)}
 
 
-class _CountKey(beam.DoFn):
-    """Increment the Beam counter named by each key and this process's tally of it."""
+def _decoded_keys(_: Any) -> list[str]:
+    return [COUNT_DECODED]
 
-    def __init__(self, progress: bool) -> None:
-        self.progress = progress
+
+def _skip_keys(item: tuple[str, Any]) -> list[str]:
+    return [skip_key(item[0])]
+
+
+class _CountPerBundle(beam.DoFn):
+    """Outcome keys of each element, summed per bundle: Beam counters, tallies, ``(key, n)``.
+
+    Nothing is emitted per element (one alert would otherwise cost an extra element and a
+    counter call per key); each bundle ends with one counter increment and, when asked, one
+    ``(key, n)`` pair per key it saw.
+
+    Parameters
+    ----------
+    keys
+        Element → its outcome keys.
+    progress
+        Also print the progress line of a local run.
+    emit
+        Emit the ``(key, n)`` pairs (batch's exact ``counts.json``).
+    """
+
+    def __init__(self, keys: Any, progress: bool, emit: bool) -> None:
+        self.keys, self.progress, self.emit = keys, progress, emit
 
     def setup(self) -> None:
         from pipeline import progress
@@ -106,13 +128,29 @@ class _CountKey(beam.DoFn):
         if self.progress:
             progress.enable_lines()
 
-    def process(self, key: str) -> Iterator[str]:
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = Metrics.counter(METRICS_NAMESPACE, key)
-        counter.inc()
-        self._tally(key)
-        yield key
+    def start_bundle(self) -> None:
+        self._bundle: dict[str, int] = {}
+
+    def process(self, element: Any) -> Iterator[Any]:
+        bundle = self._bundle
+        for key in self.keys(element):
+            bundle[key] = bundle.get(key, 0) + 1
+        return iter(())
+
+    def finish_bundle(self) -> Iterator[Any]:
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.timestamp import MAX_TIMESTAMP
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        for key, n in self._bundle.items():
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = Metrics.counter(METRICS_NAMESPACE, key)
+            counter.inc(n)
+            self._tally(key, n)
+            if self.emit:
+                yield WindowedValue((key, n), MAX_TIMESTAMP - 1, [GlobalWindow()])
+        self._bundle = {}
 
 
 class CountOutcomes(beam.PTransform):
@@ -132,26 +170,26 @@ class CountOutcomes(beam.PTransform):
         self.output, self.progress = output, progress
 
     def expand(self, pcolls: Mapping[str, beam.PCollection]) -> Any:
-        keyed = {
-            "Decoded": pcolls[TAG_ALERTS] | "DecodedKeys" >> beam.Map(lambda _: COUNT_DECODED),
-            "Row": pcolls[TAG_ROWS] | "RowKeys" >> beam.FlatMap(row_keys),
-            "Skip": pcolls[TAG_SKIPPED]
-            | "SkipKeys" >> beam.MapTuple(lambda reason, _: skip_key(reason)),
-            "Dead": pcolls[TAG_DEAD_LETTERS] | "DeadKeys" >> beam.FlatMap(dead_keys),
+        emit = self.output is not None
+        keyers = {
+            TAG_ALERTS: ("Decoded", _decoded_keys),
+            TAG_ROWS: ("Rows", row_keys),
+            TAG_SKIPPED: ("Skipped", _skip_keys),
+            TAG_DEAD_LETTERS: ("DeadLetters", dead_keys),
         }
         # One counting step per input, before any Flatten: the Python direct runner loses the
         # metric updates of some bundles a ParDo reads through a Flatten (seen with Beam 2.x:
         # the counter of one input never reported).
         counted = tuple(
-            keys | f"Count{name}" >> beam.ParDo(_CountKey(self.progress))
-            for name, keys in keyed.items()
+            pcolls[tag] | f"Count{name}" >> beam.ParDo(_CountPerBundle(keys, self.progress, emit))
+            for tag, (name, keys) in keyers.items()
         )
-        if self.output is None:
+        if not emit:
             return counted
         return (
             counted
-            | "AllKeys" >> beam.Flatten()
-            | "Count" >> beam.combiners.Count.PerElement()
+            | "AllCounts" >> beam.Flatten()
+            | "Sum" >> beam.CombinePerKey(sum)
             | "ToDict" >> beam.combiners.ToDict()
             | "ToJson" >> beam.Map(lambda c: json.dumps(c, sort_keys=True))
             | "WriteCounts"
