@@ -1,14 +1,17 @@
 """Decoding throughput, ours against the naive path, measured in the same run on the same bytes.
 
-    python -m bench.decode_bench [--data DIR] [--repeat N] [--json FILE]
+    python -m bench.decode_bench [--data DIR | --simulated N] [--repeat N] [--json FILE]
 
 * containers: :func:`transforms.alerts.decode_alerts` (schema parsed once per process) against
   ``list(fastavro.reader(BytesIO(data)))`` per file, which re-parses the ~27 kB writer schema;
+* first pass: :func:`transforms.first_pass.scan_alerts` (only what first-detection selection
+  needs; history values and cutouts skipped) against that full decode;
 * stamps: :func:`transforms.stamps.decode_stamp` against ``astropy.io.fits.open`` on the gunzipped
   bytes (what brokers commonly do), three cutouts per alert.
 
 Rates are alerts/s on one core (single process). Reads the real alerts in ``../shared/data`` by
-default; with ``--data`` any directory of alert files.
+default; with ``--data`` any directory of alert files, with ``--simulated N`` a night of N
+simulated ZTF 4.02 alerts (:func:`simulator.simulate`, seed 0, in a temporary directory).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import gzip
 import io
 import json
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -25,6 +29,7 @@ from pathlib import Path
 import fastavro
 
 from transforms.alerts import decode_alerts
+from transforms.first_pass import scan_alerts
 from transforms.schema import STAMP_KINDS
 from transforms.sources import expand_pattern, read_path
 from transforms.stamps import decode_stamp
@@ -64,8 +69,9 @@ def measure(containers: list[bytes], repeat: int = 5) -> dict[str, float]:
     Returns
     -------
     dict
-        alerts/s for ``containers_ours``, ``containers_fastavro``, ``stamps_ours``,
-        ``stamps_astropy`` and the two ratios.
+        alerts/s for ``containers_ours``, ``containers_fastavro``, ``containers_first_pass``,
+        ``stamps_ours``, ``stamps_astropy``, and the ratios ``containers_ratio`` (ours /
+        fastavro), ``first_pass_ratio`` (first pass / ours) and ``stamps_ratio``.
     """
     alerts = [a for c in containers for a in decode_alerts(c, "bench")[0]]
     cutouts = [a.cutout_bytes(k) for a in alerts for k in STAMP_KINDS]
@@ -75,6 +81,9 @@ def measure(containers: list[bytes], repeat: int = 5) -> dict[str, float]:
 
     def fastavro_containers() -> int:
         return sum(len(list(fastavro.reader(io.BytesIO(c)))) for c in containers)
+
+    def first_pass_containers() -> int:
+        return sum(len(scan_alerts(c, "bench")[0]) for c in containers)
 
     def ours_stamps() -> int:
         for raw in cutouts:
@@ -91,15 +100,18 @@ def measure(containers: list[bytes], repeat: int = 5) -> dict[str, float]:
                     _ = hdul[0].data
         return len(alerts)
 
-    ours_containers()  # warm the schema cache, as in a long-running worker
+    ours_containers()  # warm the schema caches, as in a long-running worker
+    first_pass_containers()
     result = {
         "alerts": len(alerts),
         "containers_ours": _rate(ours_containers, repeat),
         "containers_fastavro": _rate(fastavro_containers, repeat),
+        "containers_first_pass": _rate(first_pass_containers, repeat),
         "stamps_ours": _rate(ours_stamps, repeat),
         "stamps_astropy": _rate(astropy_stamps, repeat),
     }
     result["containers_ratio"] = result["containers_ours"] / result["containers_fastavro"]
+    result["first_pass_ratio"] = result["containers_first_pass"] / result["containers_ours"]
     result["stamps_ratio"] = result["stamps_ours"] / result["stamps_astropy"]
     return result
 
@@ -108,6 +120,12 @@ def format_table(r: dict[str, float]) -> str:
     """Markdown table of a :func:`measure` result."""
     rows = [
         ("container decoding", r["containers_ours"], r["containers_fastavro"], "fastavro.reader"),
+        (
+            "first-pass scan (selection facts)",
+            r["containers_first_pass"],
+            r["containers_ours"],
+            "our full decode",
+        ),
         ("stamp decoding (3/alert)", r["stamps_ours"], r["stamps_astropy"], "astropy fits.open"),
     ]
     lines = [
@@ -124,10 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; prints the table (and writes JSON with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=str, default=str(DEFAULT_DATA), help="alert directory")
+    parser.add_argument(
+        "--simulated", type=int, default=0, help="measure N simulated 4.02 alerts instead"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="passes per measurement")
     parser.add_argument("--json", type=str, default=None, help="also write the result here")
     args = parser.parse_args(argv)
-    containers = load(args.data)
+    if args.simulated > 0:
+        from simulator import simulate
+
+        with tempfile.TemporaryDirectory() as tmp:
+            simulate(args.simulated, tmp, seed=0, workers=1)
+            containers = load(tmp)
+    else:
+        containers = load(args.data)
     if not containers:
         parser.error(f"no alert containers under {args.data}")
     result = measure(containers, args.repeat)
