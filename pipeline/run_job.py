@@ -113,7 +113,8 @@ def _mode_stages(opts: RunOptions) -> dict[str, Any]:
     s = opts.streaming
     if s is None:
         return {
-            "read": ReadAlerts(opts.inputs),
+            # The first pass reads only what selection needs; the winners are decoded in full.
+            "read": ReadAlerts(opts.inputs, scan=True),
             "select": SelectFirstDetections(opts.select, spread=opts.spread),
             "density": NightlySkyDensity(opts.nside),
             "outputs": WriteBatchOutputs(opts.output, opts.model, opts.top_sn, opts.bigquery),

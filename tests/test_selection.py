@@ -12,7 +12,15 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.helpers import REAL, decoded_alerts, mini_container, mini_record, needs_real
+from tests.helpers import (
+    BAD,
+    REAL,
+    decoded_alerts,
+    mini_container,
+    mini_record,
+    needs_bad,
+    needs_real,
+)
 from transforms.ingest import ReadAlerts
 from transforms.rules import history_skip_reason
 from transforms.schema import (
@@ -206,7 +214,9 @@ def test_select_all_keeps_every_distinct_alert_and_drops_copies(archive):
 
 
 @needs_real
-def test_real_alerts_select_the_earliest_detection_without_history():
+@pytest.mark.parametrize("scan", [False, True])
+def test_real_alerts_select_the_earliest_detection_without_history(scan):
+    # scan: the batch job's first pass (transforms.first_pass), same winners as full decoding.
     alerts = decoded_alerts(REAL)
     best: dict[str, object] = {}
     history = 0
@@ -220,7 +230,7 @@ def test_real_alerts_select_the_earliest_detection_without_history():
     expected = sorted((a.candid, a.source) for a in best.values())
     assert len(expected) > 10
     with BeamTestPipeline() as p:
-        read = p | ReadAlerts([str(REAL)])
+        read = p | ReadAlerts([str(REAL)], scan=scan)
         out = read[TAG_ALERTS] | SelectFirstDetections("first")
         assert_that(
             out["alerts"] | beam.Map(lambda a: (a.candid, a.source)),
@@ -233,3 +243,24 @@ def test_real_alerts_select_the_earliest_detection_without_history():
             label="skipped",
         )
         assert_that(out[TAG_DEAD_LETTERS], equal_to([]), label="dead")
+
+
+@needs_bad
+@pytest.mark.parametrize("scan", [False, True])
+def test_the_first_pass_dead_letters_the_bad_inputs_as_full_decoding_does(scan):
+    from transforms.sources import decode_paths
+
+    expected = []
+    for item in decode_paths([str(BAD)]):
+        if item.decode_error is not None:
+            expected.append(("decode", item.decode_error.reason, item.source, len(item.alerts)))
+    assert expected
+    with BeamTestPipeline() as p:
+        read = p | ReadAlerts([str(BAD)], scan=scan)
+        decoded = read[TAG_ALERTS] | beam.Map(lambda a: (a.source, a.candid))
+        letters = read[TAG_DEAD_LETTERS] | beam.Map(
+            lambda d: (d["stage"], d["reason"].split(" (after ")[0], d["source"])
+        )
+        assert_that(letters, equal_to([e[:3] for e in expected]), label="letters")
+        want = [(a.source, a.candid) for i in decode_paths([str(BAD)]) for a in i.alerts]
+        assert_that(decoded, equal_to(want), label="alerts")

@@ -75,17 +75,34 @@ class DecodeAlerts(beam.DoFn):
 
     ``path`` (the file read, from :class:`ReadFiles`) is kept on the alerts; Pub/Sub messages
     come without one.
+
+    Parameters
+    ----------
+    scan
+        Emit :class:`transforms.first_pass.Scanned` records (ids, ``jd``, whether the history
+        holds an earlier detection) instead of full alerts: what the batch job's first pass
+        needs, read without decoding histories or cutouts. The records before a problem and the
+        problem itself, hence the dead letters, are exactly those of a full decode.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scan: bool = False) -> None:
+        self.scan = scan
         self.alerts = Metrics.counter(METRICS_NAMESPACE, "alerts_decoded")
         self.dead = Metrics.counter(METRICS_NAMESPACE, f"dead_letters_{STAGE_DECODE}")
+
+    def setup(self) -> None:
+        if self.scan:
+            from transforms.first_pass import scan_alerts
+
+            self._decode = scan_alerts
+        else:
+            self._decode = decode_alerts
 
     def process(self, element: tuple[str, bytes] | tuple[str, bytes, str]) -> Iterator[Any]:
         source, data = element[:2]
         path = element[2] if len(element) > 2 else ""
         try:
-            alerts, error = decode_alerts(data, source, path)
+            alerts, error = self._decode(data, source, path)
         except Exception as e:  # a bug, not bad data; still never lose the input
             alerts, error = [], e
         for alert in alerts:
@@ -108,16 +125,20 @@ class ReadAlerts(beam.PTransform):
     ----------
     patterns
         Input arguments as a user gives them (see :func:`transforms.sources.expand_pattern`).
+    scan
+        Emit first-pass :class:`transforms.first_pass.Scanned` records instead of alerts (see
+        :class:`DecodeAlerts`); :class:`transforms.selection.SelectFirstDetections` takes either.
 
     Returns
     -------
     dict
-        ``{"alerts": PCollection[Alert], "dead_letters": PCollection[dict]}``.
+        ``{"alerts": PCollection[Alert | Scanned], "dead_letters": PCollection[dict]}``.
     """
 
-    def __init__(self, patterns: Iterable[str]) -> None:
+    def __init__(self, patterns: Iterable[str], scan: bool = False) -> None:
         super().__init__()
         self.patterns = list(patterns)
+        self.scan = scan
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         matched = (
@@ -131,7 +152,7 @@ class ReadAlerts(beam.PTransform):
             | "Spread" >> beam.Reshuffle()
             | "Read" >> beam.ParDo(ReadFiles()).with_outputs(TAG_DEAD_LETTERS, main="containers")
         )
-        decoded = read.containers | "Decode" >> beam.ParDo(DecodeAlerts()).with_outputs(
+        decoded = read.containers | "Decode" >> beam.ParDo(DecodeAlerts(self.scan)).with_outputs(
             TAG_DEAD_LETTERS, main=TAG_ALERTS
         )
         dead = (

@@ -17,6 +17,10 @@ from their files::
                                                                          │
     winners ─ GroupByKey(file) ─ Reread (decode only the winners' containers) ─▶ first detections
 
+In the batch job the first read is a scan (:mod:`transforms.first_pass`): the alerts arrive as
+``Scanned`` records holding only ids, ``jd``, source and whether the history has an earlier
+detection, so histories and cutouts are decoded for the winners only.
+
 The second read costs about one extra decode per *selected* alert: files without a winner are not
 opened again, containers without one are not decoded, a multi-record container is decoded up to
 its last wanted record, and an archive is streamed again only up to its last winner. A winner
@@ -47,6 +51,7 @@ from transforms.schema import (
     METRICS_NAMESPACE,
     SELECT_MODES,
     SKIP_DUPLICATE,
+    SKIP_EARLIER_DETECTION,
     SKIP_NOT_FIRST_IN_INPUT,
     STAGE_SELECT,
     TAG_ALERTS,
@@ -59,6 +64,7 @@ __all__ = [
     "SelectFirstDetections",
     "Sighting",
     "earliest",
+    "history_reason",
     "reread_winners",
     "sighting",
     "source_path",
@@ -81,13 +87,13 @@ class Sighting(NamedTuple):
 Wanted = tuple[str, int, str, float]
 
 
-def sighting(alert: Alert) -> tuple[str, Sighting]:
-    """``(objectId, Sighting)`` of an alert, the element shuffled by object."""
+def sighting(alert: Any) -> tuple[str, Sighting]:
+    """``(objectId, Sighting)`` of an :class:`Alert` or a first-pass ``Scanned`` record."""
     path = alert.path or source_path(alert.source)
     return alert.object_id, Sighting(alert.jd, alert.candid, alert.source, path, alert.object_id)
 
 
-def _by_candid(alert: Alert) -> tuple[int, Sighting]:
+def _by_candid(alert: Any) -> tuple[int, Sighting]:
     return alert.candid, sighting(alert)[1]
 
 
@@ -192,12 +198,21 @@ def reread_winners(path: str, wanted: Iterable[Wanted]) -> Iterator[Alert | tupl
             yield w, why
 
 
+def history_reason(alert: Any) -> str | None:
+    """:func:`transforms.rules.history_skip_reason` of an :class:`Alert` or a first-pass
+    :class:`transforms.first_pass.Scanned` record (which carries the answer already)."""
+    earlier = getattr(alert, "earlier_detection", None)
+    if earlier is not None:
+        return SKIP_EARLIER_DETECTION if earlier else None
+    return history_skip_reason(alert.candidate, alert.prv_candidates)
+
+
 class _History(beam.DoFn):
     def __init__(self) -> None:
         self.skipped = Metrics.counter(METRICS_NAMESPACE, "skipped_earlier_detection")
 
-    def process(self, alert: Alert) -> Iterator[Any]:
-        reason = history_skip_reason(alert.candidate, alert.prv_candidates)
+    def process(self, alert: Any) -> Iterator[Any]:
+        reason = history_reason(alert)
         if reason is None:
             yield sighting(alert)
         else:
