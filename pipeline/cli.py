@@ -86,11 +86,23 @@ def silence_tensorflow_startup() -> None:
         os.close(devnull)
 
 
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value given to ``flag`` (``--flag V`` or ``--flag=V``), or None."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``stampflow``; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     needs_tf = chosen in _TF_COMMANDS or _TF_WITH_FLAG.get(chosen or "", "\0") in argv
+    if chosen == "run" and _flag_value(argv, "--runtime") == "null":
+        needs_tf = False  # fixed probabilities: the point is to run without TensorFlow
     if needs_tf and "--verbose" not in argv:
         silence_tensorflow_startup()
     parser = build_parser(argv)
