@@ -218,9 +218,7 @@ def _load(model_dir: str, jit_compile: bool = False) -> Any:
     model = tf.saved_model.load(model_dir)
     if jit_compile:
         # XLA over the whole serving function (transform + four rotations + softmax).
-        model.stampflow_serve = tf.function(
-            model.signatures["serving_default"], jit_compile=True
-        )
+        model.stampflow_serve = tf.function(model.signatures["serving_default"], jit_compile=True)
     return model
 
 
