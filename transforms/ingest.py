@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.alerts import decode_alerts
 from transforms.dead_letters import dead_letter
+from transforms.first_pass import scan_alerts
 from transforms.schema import (
     METRICS_NAMESPACE,
     STAGE_DECODE,
@@ -87,16 +88,9 @@ class DecodeAlerts(beam.DoFn):
 
     def __init__(self, scan: bool = False) -> None:
         self.scan = scan
+        self._decode = scan_alerts if scan else decode_alerts
         self.alerts = Metrics.counter(METRICS_NAMESPACE, "alerts_decoded")
         self.dead = Metrics.counter(METRICS_NAMESPACE, f"dead_letters_{STAGE_DECODE}")
-
-    def setup(self) -> None:
-        if self.scan:
-            from transforms.first_pass import scan_alerts
-
-            self._decode = scan_alerts
-        else:
-            self._decode = decode_alerts
 
     def process(self, element: tuple[str, bytes] | tuple[str, bytes, str]) -> Iterator[Any]:
         source, data = element[:2]
