@@ -30,6 +30,8 @@ from transforms.schema import CLASS_NAMES, RAW_FEATURES_KEY, RAW_STAMPS_KEY, SER
 
 __all__ = [
     "BATCH_BOUNDS",
+    "KNOWN_SSO_KEY",
+    "KNOWN_SSO_PROBABILITIES",
     "MAX_BATCH",
     "METADATA_FILE",
     "MIN_BATCH",
@@ -235,6 +237,10 @@ def write_metadata(model_dir: str, metadata: dict[str, Any]) -> None:
 
 #: ``{"features": raw [F], "stamps": raw [63, 63, 3]}``, as :mod:`transforms.featurize` emits.
 Example = dict[str, np.ndarray]
+#: Example key marking a known solar-system object (``--rules alerce``): never sent to the network.
+KNOWN_SSO_KEY = "known_sso"
+#: Probabilities answered for such an example: asteroid 1, the rest 0.
+KNOWN_SSO_PROBABILITIES = np.array([float(c == "asteroid") for c in CLASS_NAMES], np.float32)
 
 
 class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
@@ -284,12 +290,18 @@ class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
     ) -> Iterable[PredictionResult]:
         import tensorflow as tf
 
-        features = np.stack([e[RAW_FEATURES_KEY] for e in batch]).astype(np.float32, copy=False)
-        stamps = np.stack([e[RAW_STAMPS_KEY] for e in batch]).astype(np.float32, copy=False)
-        out = serving_function(model)(
-            **{RAW_FEATURES_KEY: tf.constant(features), RAW_STAMPS_KEY: tf.constant(stamps)}
-        )
-        probs = out[SERVING_OUTPUT_KEY].numpy()
+        # Known solar-system objects (flagged by pipeline.classify) are asteroids by rule: the
+        # network runs on the others only.
+        ask = [i for i, e in enumerate(batch) if not e.get(KNOWN_SSO_KEY)]
+        probs = np.tile(KNOWN_SSO_PROBABILITIES, (len(batch), 1))
+        if ask:
+            asked = [batch[i] for i in ask]
+            features = np.stack([e[RAW_FEATURES_KEY] for e in asked]).astype(np.float32, copy=False)
+            stamps = np.stack([e[RAW_STAMPS_KEY] for e in asked]).astype(np.float32, copy=False)
+            out = serving_function(model)(
+                **{RAW_FEATURES_KEY: tf.constant(features), RAW_STAMPS_KEY: tf.constant(stamps)}
+            )
+            probs[ask] = out[SERVING_OUTPUT_KEY].numpy()
         return [PredictionResult(example, p) for example, p in zip(batch, probs, strict=True)]
 
     def batch_elements_kwargs(self) -> dict[str, int]:
@@ -378,7 +390,14 @@ class NullHandler(StampClassifierHandler):
     def run_inference(
         self, batch: Sequence[Example], model: Any, inference_args: dict | None = None
     ) -> Iterable[PredictionResult]:
-        return [PredictionResult(e, NULL_PROBABILITIES, self.model_dir) for e in batch]
+        return [
+            PredictionResult(
+                e,
+                KNOWN_SSO_PROBABILITIES if e.get(KNOWN_SSO_KEY) else NULL_PROBABILITIES,
+                self.model_dir,
+            )
+            for e in batch
+        ]
 
 
 #: What :class:`NullHandler` answers for every alert.
