@@ -32,7 +32,11 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11,<3.12",
     packages=["pipeline", "transforms", "model", "simulator", "bench"],
-    package_data={"simulator": ["schema/*.avsc"], "model": ["default/**/*"]},
+    package_data={
+        "simulator": ["schema/*.avsc"],
+        "model": ["default/**/*"],
+        "pipeline": ["assets/*"],
+    },
     include_package_data=True,
     install_requires=RUNTIME,
     extras_require={
@@ -41,6 +45,8 @@ setup(
             "pytest-xdist>=3.5",
             "hypothesis>=6.100",
             "ruff>=0.6",
+            # The SN page's tests drive Debian's chromium (scripts/ensure_venv.sh installs it).
+            "playwright==1.65.2",
             # BigQuery emulator for the sink tests (offline: DuckDB extensions from PyPI).
             "bqemulator==1.4.0",
             "duckdb==1.5.5",

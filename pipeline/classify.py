@@ -227,8 +227,8 @@ def to_row(meta: dict[str, Any], probs: Any, rules: bool, model: ModelInfo) -> d
     Returns
     -------
     dict
-        Every :data:`transforms.schema.PROBABILITY_COLUMN_NAMES` column, the rule fields and the
-        compressed cutouts.
+        Every :data:`transforms.schema.PROBABILITY_COLUMN_NAMES` column, the rule fields, the
+        compressed cutouts and the alert's ``source``, ``path`` and ``raw`` bytes.
     """
     predicted, rule = apply_rules(probs, meta, enabled=rules)
     row = {k: meta[k] for k in _ALERT_FIELDS}
@@ -237,7 +237,9 @@ def to_row(meta: dict[str, Any], probs: Any, rules: bool, model: ModelInfo) -> d
         predicted_class=predicted, rule=rule, model_name=model.name, model_version=model.version
     )
     row.update({f: meta.get(f) for f in EXTRA_FIELDS})
-    row["cutouts"] = meta["cutouts"]
+    # For the SN page: the stamps, and where the alert's history can be read (its own bytes in
+    # streaming; its file again in batch, where selection dropped it).
+    row.update(cutouts=meta["cutouts"], source=meta["source"], path=meta["path"], raw=meta["raw"])
     return row
 
 

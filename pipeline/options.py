@@ -44,6 +44,7 @@ __all__ = [
     "BATCH_RUNNER",
     "DEFAULT_MODEL",
     "LOCAL_RUNNERS",
+    "NO_TNS_REPORTER",
     "STREAMING_RUNNER",
     "WATCH_MODES",
     "BigQueryTarget",
@@ -52,6 +53,7 @@ __all__ = [
     "OptionsError",
     "RunOptions",
     "StreamingOptions",
+    "TnsReporter",
     "add_arguments",
     "from_namespace",
     "parse",
@@ -181,6 +183,26 @@ class BigQueryTarget:
 
 
 @dataclass(frozen=True)
+class TnsReporter:
+    """Who reports to TNS: the SN page's defaults for its AT report (editable in the page).
+
+    Attributes
+    ----------
+    group_id
+        TNS ``reporting_group_id`` of the reporting group, or None (filled in the page).
+    reporter
+        The ``reporter`` line ("A. Name, B. Name (Institute) on behalf of ...").
+    """
+
+    group_id: int | None = None
+    reporter: str = ""
+
+
+#: No reporter configured: the page asks for one before exporting a TNS report.
+NO_TNS_REPORTER = TnsReporter()
+
+
+@dataclass(frozen=True)
 class StreamingOptions:
     """The Pub/Sub side of ``stampflow run --streaming`` (all durations in seconds).
 
@@ -198,6 +220,8 @@ class StreamingOptions:
         Pub/Sub attribute holding the event time, or None (publish time).
     max_run_s
         Cancel the job after this long [s]; None runs until interrupted.
+    sn_page_dir
+        Write an SN candidates page per sky-density window here, or None (no pages).
     """
 
     subscription: str
@@ -211,6 +235,7 @@ class StreamingOptions:
     ttl_s: float = DEFAULT_STATE_TTL_S
     timestamp_attribute: str | None = None
     max_run_s: float | None = None
+    sn_page_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +256,8 @@ class RunOptions:
         ``--select``, ``--rules alerce`` (True) or ``none``, ``--stamp-policy``.
     nside, top_sn
         Sky-density HEALPix resolution and SN candidates reported.
+    tns
+        The SN page's TNS reporter defaults.
     bigquery
         BigQuery target, or None.
     watch
@@ -260,6 +287,7 @@ class RunOptions:
     stamp_policy: str = "drop"
     nside: int = 64
     top_sn: int = 50
+    tns: TnsReporter = NO_TNS_REPORTER
     bigquery: BigQueryTarget | None = None
     watch: ModelWatch | None = None
     runner: str = BATCH_RUNNER
@@ -347,6 +375,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--healpix-nside", type=_nside, default=64, help="sky-density resolution (power of 2)"
     )
     parser.add_argument("--top-sn", type=_positive_int, default=50, help="SN candidates to report")
+    parser.add_argument(
+        "--tns-group-id",
+        type=_positive_int,
+        default=None,
+        help="TNS reporting_group_id the SN page's TNS report is filled with (editable there)",
+    )
+    parser.add_argument(
+        "--tns-reporter",
+        default="",
+        help="the reporter line of the SN page's TNS report "
+        '("A. Name (Institute) on behalf of ...")',
+    )
     parser.add_argument(
         "--bigquery-dataset",
         default=None,
@@ -455,6 +495,13 @@ def _add_streaming_arguments(group: Any) -> None:
         type=_positive_float,
         default=60.0,
         help="how often --model-watch looks for a new version [s]",
+    )
+    group.add_argument(
+        "--sn-page-dir",
+        default=None,
+        metavar="DIR",
+        help="also write an SN candidates page (sn_candidates_<window start>.html/.csv, top "
+        "--top-sn) per sky-density window into DIR (local or gs://)",
     )
     group.add_argument(
         "--max-run-seconds",
@@ -574,6 +621,7 @@ def _streaming(args: argparse.Namespace) -> StreamingOptions:
         ttl_s=args.state_ttl_hours * 3600.0,
         timestamp_attribute=args.timestamp_attribute,
         max_run_s=args.max_run_seconds,
+        sn_page_dir=check_output(args.sn_page_dir, "--sn-page-dir") if args.sn_page_dir else None,
     )
 
 
@@ -631,6 +679,7 @@ def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> R
         stamp_policy=args.stamp_policy,
         nside=args.healpix_nside,
         top_sn=args.top_sn,
+        tns=TnsReporter(args.tns_group_id, args.tns_reporter),
         bigquery=bigquery,
         watch=watch,
         runner=runner,

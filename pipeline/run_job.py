@@ -117,7 +117,9 @@ def _mode_stages(opts: RunOptions) -> dict[str, Any]:
             "read": ReadAlerts(opts.inputs, scan=True),
             "select": SelectFirstDetections(opts.select, spread=opts.spread),
             "density": NightlySkyDensity(opts.nside),
-            "outputs": WriteBatchOutputs(opts.output, opts.model, opts.top_sn, opts.bigquery),
+            "outputs": WriteBatchOutputs(
+                opts.output, opts.model, opts.top_sn, opts.bigquery, opts.tns
+            ),
             "dead": WriteDeadLetters(output=opts.output),
         }
     from pipeline.pubsub import ReadPubSubAlerts
@@ -127,7 +129,7 @@ def _mode_stages(opts: RunOptions) -> dict[str, Any]:
         "read": ReadPubSubAlerts(s),
         "select": SelectFirstDetectionsStreaming(opts.select, s.hold_s, s.ttl_s),
         "density": SkyDensityWindows(s.window_s, s.lateness_s, s.early_s, opts.nside),
-        "outputs": PublishOutputs(s, opts.bigquery),
+        "outputs": PublishOutputs(s, opts.bigquery, opts.model, opts.top_sn, opts.tns),
         "dead": WriteDeadLetters(topic=s.dead_letter_topic) if s.dead_letter_topic else None,
     }
 

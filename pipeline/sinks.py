@@ -29,9 +29,16 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline.options import BigQueryTarget, ModelInfo, StreamingOptions
+from pipeline.options import (
+    NO_TNS_REPORTER,
+    BigQueryTarget,
+    ModelInfo,
+    StreamingOptions,
+    TnsReporter,
+)
 from transforms.dead_letters import REREAD_PATH, dead_letter, to_json_line
 from transforms.density import night_of, nights_label, plot_sky_map
+from transforms.light_curve import LightCurve, light_curve
 from transforms.schema import (
     PROBABILITY_COLUMN_NAMES,
     PROBABILITY_ROW,
@@ -49,9 +56,11 @@ __all__ = [
     "WriteBatchOutputs",
     "WriteBigQuery",
     "WriteDeadLetters",
+    "WriteSNCandidates",
     "commit_bigquery",
     "density_message",
     "fill_raw",
+    "light_curves",
     "prepare_bigquery",
     "refused_row_letter",
     "row_message",
@@ -216,13 +225,21 @@ class WriteBatchOutputs(beam.PTransform):
         SN candidates on the page.
     bigquery
         Also write the tables there (staging tables, committed after the run), or None.
+    tns
+        The SN page's TNS reporter defaults.
     """
 
     def __init__(
-        self, output: str, model: ModelInfo, top_sn: int, bigquery: BigQueryTarget | None
+        self,
+        output: str,
+        model: ModelInfo,
+        top_sn: int,
+        bigquery: BigQueryTarget | None,
+        tns: TnsReporter = NO_TNS_REPORTER,
     ) -> None:
         super().__init__()
         self.output, self.model, self.top_sn, self.bigquery = output, model, top_sn, bigquery
+        self.tns = tns
 
     def expand(self, pcolls: Mapping[str, beam.PCollection]) -> beam.PCollection:
         join = FileSystems.join
@@ -245,38 +262,182 @@ class WriteBatchOutputs(beam.PTransform):
             file_name_suffix=".parquet",
             num_shards=1,
         )
-        _ = (
-            rows
-            | "SNOnly" >> beam.Filter(lambda r: r["predicted_class"] == "SN")
-            | "TopSN" >> beam.combiners.Top.Of(self.top_sn, key=lambda r: (r["p_SN"], -r["candid"]))
-            | "WriteSNCandidates"
-            >> beam.Map(write_sn_candidates, output=self.output, model=self.model.label)
+        _ = rows | "SNCandidates" >> WriteSNCandidates(
+            self.output, self.model.label, self.top_sn, self.tns
         )
         if self.bigquery is None:
             return _no_letters(rows.pipeline)
         return pcolls | "WriteBigQuery" >> WriteBigQuery(self.bigquery, staging=True)
 
 
-def write_sn_candidates(top: list[dict[str, Any]], output: str, model: str) -> int:
-    """Write ``sn_candidates.csv`` and ``sn_candidates.html`` for the top SN rows."""
-    from pipeline.reports import candidate_rows, render_html, write_csv
+def light_curves(rows: Sequence[Mapping[str, Any]]) -> list[LightCurve | None]:
+    """Each candidate's light curve, from its own bytes or, for a slim alert, its file again.
+
+    Parameters
+    ----------
+    rows
+        Candidate rows with ``candid``, ``source``, ``path`` and ``raw`` (empty after batch
+        selection, which drops the history: the file is then read again, once per file, only
+        for these few alerts).
+
+    Returns
+    -------
+    list
+        A :class:`~transforms.light_curve.LightCurve` per row, None where the alert can no longer
+        be read (the page says so; the row is still written).
+    """
+    from transforms.alerts import decode_alerts
+
+    wanted: dict[str, list[tuple[str, int]]] = {}
+    for r in rows:
+        if not r.get("raw") and r.get("path"):
+            wanted.setdefault(r["path"], []).append((r["source"], r["candid"]))
+    found: dict[tuple, bytes] = {}
+    for path, pairs in wanted.items():
+        found.update(read_containers(path, pairs))
+    curves: list[LightCurve | None] = []
+    for r in rows:
+        data = r.get("raw") or found.get((r.get("source"), r["candid"]))
+        alert = None
+        if data:
+            alerts, _ = decode_alerts(data, r.get("source", ""), r.get("path", ""))
+            alert = next((a for a in alerts if a.candid == r["candid"]), None)
+        try:
+            curves.append(light_curve(alert) if alert is not None else None)
+        except ValueError:
+            curves.append(None)
+    return curves
+
+
+def write_sn_candidates(
+    top: list[dict[str, Any]],
+    output: str,
+    model: str,
+    tns: TnsReporter = NO_TNS_REPORTER,
+    name: str = "sn_candidates",
+    title: str | None = None,
+) -> int:
+    """Write ``NAME.csv`` and the candidates page ``NAME.html`` for the top SN rows.
+
+    Parameters
+    ----------
+    top
+        SN rows (any order; ranked here by P(SN)).
+    output
+        Directory to write into (any Beam filesystem).
+    model
+        Model label shown on the page.
+    tns
+        Defaults for the page's TNS report.
+    name
+        File stem.
+    title
+        Page heading; None: "SN candidates" and the nights covered.
+
+    Returns
+    -------
+    int
+        Candidates written.
+    """
+    from pipeline.reports import candidate_rows, stamp_png, write_csv
+    from pipeline.sn_page import page_records, render_page
     from transforms.stamps import decode_stamps
 
     rows = candidate_rows(top)
-    for row in rows:
+    curves = light_curves(rows)
+    for row, curve in zip(rows, curves, strict=True):
         try:
-            row["stamps"] = decode_stamps(row["cutouts"])
+            stamps = decode_stamps(row["cutouts"])
         except Exception:  # a picture is optional; the row itself is still written
-            row["stamps"] = {}
+            stamps = {}
+        row["stamps"] = {k: stamp_png(v) for k, v in stamps.items()}
+        row["days_since_non_detection"] = curve and curve.days_since_non_detection
+    records = page_records(rows, curves)
+    for row, record in zip(rows, records, strict=True):
+        row["gal_b"], row["night"] = record["gal_b"], record["night"]
     text = io.StringIO()
     write_csv(rows, text)
-    with FileSystems.create(FileSystems.join(output, "sn_candidates.csv")) as f:
+    with FileSystems.create(FileSystems.join(output, f"{name}.csv")) as f:
         f.write(text.getvalue().encode())
-    label = nights_label(night_of(r["jd"]) for r in rows)
-    title = f"SN candidates, {label}" if label else "SN candidates"
-    with FileSystems.create(FileSystems.join(output, "sn_candidates.html")) as f:
-        f.write(render_html(rows, title, model).encode())
+    if title is None:
+        label = nights_label(night_of(r["jd"]) for r in rows)
+        title = f"SN candidates, {label}" if label else "SN candidates"
+    page = render_page(records, title, model, tns.group_id, tns.reporter)
+    with FileSystems.create(FileSystems.join(output, f"{name}.html")) as f:
+        f.write(page.encode())
     return len(rows)
+
+
+def _is_sn(row: Mapping[str, Any]) -> bool:
+    return row["predicted_class"] == "SN"
+
+
+def _sn_rank(row: Mapping[str, Any]) -> tuple[float, int]:
+    return row["p_SN"], -row["candid"]
+
+
+class _WriteWindowPage(beam.DoFn):
+    """One window's top SN rows → ``sn_candidates_<window start>.{html,csv}``."""
+
+    def __init__(self, output: str, model: str, tns: TnsReporter) -> None:
+        self.output, self.model, self.tns = output, model, tns
+
+    def process(self, top: list[dict[str, Any]], window=beam.DoFn.WindowParam) -> Iterator[int]:
+        start, end = window.start.to_utc_datetime(), window.end.to_utc_datetime()
+        title = f"SN candidates, {start:%Y-%m-%d %H:%M} to {end:%H:%M} UTC"
+        name = f"sn_candidates_{start:%Y%m%dT%H%M%SZ}"
+        yield write_sn_candidates(top, self.output, self.model, self.tns, name, title)
+
+
+class WriteSNCandidates(beam.PTransform):
+    """Rows → the top SN candidates page and CSV (batch: one; streaming: one per window).
+
+    Parameters
+    ----------
+    output
+        Directory for the files.
+    model
+        Model label shown on the page.
+    top
+        Candidates per page, highest P(SN) first.
+    tns
+        The page's TNS reporter defaults.
+    window_s, lateness_s
+        Streaming: fixed windows of this length [s]; a window's page is written when the
+        watermark passes its end and rewritten (with everything so far) for each late row within
+        ``lateness_s``. None: batch, one page for the whole run.
+    """
+
+    def __init__(
+        self,
+        output: str,
+        model: str,
+        top: int,
+        tns: TnsReporter = NO_TNS_REPORTER,
+        window_s: float | None = None,
+        lateness_s: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.output, self.model, self.top, self.tns = output, model, top, tns
+        self.window_s, self.lateness_s = window_s, lateness_s
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        sn = rows | "SNOnly" >> beam.Filter(_is_sn)
+        if self.window_s is None:
+            top = sn | "TopSN" >> beam.combiners.Top.Of(self.top, key=_sn_rank)
+            return top | "WriteSNCandidates" >> beam.Map(
+                write_sn_candidates, output=self.output, model=self.model, tns=self.tns
+            )
+        from apache_beam.transforms import trigger, window
+
+        windows = sn | "PageWindows" >> beam.WindowInto(
+            window.FixedWindows(self.window_s),
+            trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+            accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+            allowed_lateness=self.lateness_s,
+        )
+        top = windows | "TopSN" >> beam.combiners.Top.Of(self.top, key=_sn_rank).without_defaults()
+        return top | "WritePages" >> beam.ParDo(_WriteWindowPage(self.output, self.model, self.tns))
 
 
 def _read_parquet_rows(pattern: str) -> list[dict[str, Any]]:
@@ -309,14 +470,24 @@ class PublishOutputs(beam.PTransform):
     Parameters
     ----------
     streaming
-        The topics (each optional).
+        The topics (each optional), and the directory for SN pages per window (optional).
     bigquery
         Also stream the rows into these tables, or None.
+    model, top_sn, tns
+        For the SN pages: the model label, candidates per page, TNS reporter defaults.
     """
 
-    def __init__(self, streaming: StreamingOptions, bigquery: BigQueryTarget | None) -> None:
+    def __init__(
+        self,
+        streaming: StreamingOptions,
+        bigquery: BigQueryTarget | None,
+        model: ModelInfo | None = None,
+        top_sn: int = 50,
+        tns: TnsReporter = NO_TNS_REPORTER,
+    ) -> None:
         super().__init__()
         self.streaming, self.bigquery = streaming, bigquery
+        self.model, self.top_sn, self.tns = model, top_sn, tns
 
     def expand(self, pcolls: Mapping[str, beam.PCollection]) -> beam.PCollection:
         s = self.streaming
@@ -331,6 +502,11 @@ class PublishOutputs(beam.PTransform):
                 pcolls[TAG_DENSITY]
                 | "DensityToJson" >> beam.Map(density_message)
                 | "PublishDensity" >> beam.io.WriteToPubSub(s.density_topic)
+            )
+        if s.sn_page_dir:
+            label = self.model.label if self.model else ""
+            _ = pcolls[TAG_ROWS] | "SNCandidates" >> WriteSNCandidates(
+                s.sn_page_dir, label, self.top_sn, self.tns, s.window_s, s.lateness_s
             )
         if self.bigquery is None:
             return _no_letters(pcolls[TAG_ROWS].pipeline)

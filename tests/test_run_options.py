@@ -15,6 +15,7 @@ from pipeline.options import (
     STREAMING_RUNNER,
     OptionsError,
     RunOptions,
+    TnsReporter,
     check_output,
     parse,
 )
@@ -96,12 +97,21 @@ def test_streaming_options_resolve_runner_watch_and_one_hold_default(tmp_path):
             "Invalid PubSub project name: 'x'",
         ),
         ([*STREAM, "--model-watch", "m/*", "--model-watch-mode", "side-input"], "poll"),
+        ([*STREAM, "--sn-page-dir", "/proc/stampflow-pages"], "--sn-page-dir /proc/stampflow"),
     ],
 )
 def test_user_mistakes_are_refused_with_one_line(argv, message, night):
     argv = [a.replace("{night}", str(night)) for a in argv]
     with pytest.raises(OptionsError, match=message.replace("(", r"\(").replace("*", r"\*")):
         parse(argv)
+
+
+def test_sn_page_options(night, tmp_path):
+    opts = parse([*STREAM, "--sn-page-dir", str(tmp_path / "pages"), "--tns-group-id", "74"])
+    assert opts.streaming.sn_page_dir == str(tmp_path / "pages") and (tmp_path / "pages").is_dir()
+    assert opts.tns == TnsReporter(74, "")
+    batch = parse(["--input", str(night), "--output", str(tmp_path / "o"), "--tns-reporter", "Me"])
+    assert batch.tns == TnsReporter(None, "Me") and batch.streaming is None
 
 
 def test_output_that_is_a_file_or_unwritable_is_refused(tmp_path):

@@ -352,6 +352,27 @@ def test_repeat_detections_carry_history(night):
             assert prv[-1]["magpsf"] == alerts[i - 1]["candidate"]["magpsf"]
 
 
+def test_sn_first_detections_rise_from_upper_limits(night):
+    """The SN page's light curve on simulated alerts: a new SN has limits deeper than it before."""
+    from transforms.alerts import Alert
+    from transforms.light_curve import light_curve
+
+    deeper, firsts = [], 0
+    for record, label in night:
+        if label["class"] != "SN":
+            continue
+        lc = light_curve(Alert(record=record, source="sim", raw=b""))
+        if lc.first.jd != record["candidate"]["jd"]:
+            continue  # a repeat detection
+        firsts += 1
+        if lc.last_non_detection is not None:
+            assert 0 < lc.days_since_non_detection <= 30
+            deeper.append(lc.last_non_detection.diffmaglim > lc.first.magpsf)
+    assert firsts > 20
+    assert len(deeper) >= 0.8 * firsts  # most have a non-detection in the 30 days before
+    assert np.mean(deeper) >= 0.75  # and it was deeper than the first detection
+
+
 def test_defects_at_requested_rate(night):
     defects = [lab["defect"] for _, lab in night]
     rate = sum(bool(d) for d in defects) / len(defects)
