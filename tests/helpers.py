@@ -11,6 +11,8 @@
   per alert, sharing no code with ``transforms.features``/``preprocess``:
   :func:`reference_features_26`, :func:`reference_stamps`, :func:`raw_cube`,
   :func:`reference_inputs` (ALeRCE's preprocessing);
+- the fuzzers' corpus and mutations: :func:`fuzz_seeds`, :func:`fuzz_settings`,
+  :func:`byte_flips`, :func:`truncate`, :func:`flip_bytes`, :func:`splice`, :func:`with_cutouts`;
 - :func:`nan_equal` and :func:`export_random_model`.
 
 Project modules (and astropy) are imported inside the functions, so importing this module from
@@ -43,9 +45,13 @@ __all__ = [
     "MINI_SCHEMA",
     "REAL",
     "ROOT",
+    "byte_flips",
     "decoded_alerts",
     "export_random_model",
     "fits_stamp",
+    "flip_bytes",
+    "fuzz_seeds",
+    "fuzz_settings",
     "load_real_alerts",
     "mini_container",
     "mini_record",
@@ -58,6 +64,9 @@ __all__ = [
     "reference_features_26",
     "reference_inputs",
     "reference_stamps",
+    "splice",
+    "truncate",
+    "with_cutouts",
 ]
 
 # --- shared data and skip markers -----------------------------------------------------------------
@@ -333,3 +342,70 @@ def export_random_model(night, out: Path, version: str = "0.0.1") -> Path:
         build_network(cfg), transform, str(model), cfg, FEATURES_PRODUCTION, "test-model", version
     )
     return model
+
+
+# --- fuzzing: the corpus and the mutations tests/test_fuzz.py and test_first_pass.py share -----
+def fuzz_seeds() -> list[bytes]:
+    """Seed containers to mutate: every seventh small real container, or made ones without data."""
+    if REAL.is_dir():
+        return [data for _, data in real_containers() if len(data) < 120_000][::7]
+    seeds = [mini_container([mini_record(i)]) for i in range(4)]
+    seeds.append(mini_container([mini_record(i) for i in range(5)], block_size=2))
+    return seeds
+
+
+def fuzz_settings(max_examples: int):
+    """Hypothesis settings for the fuzzers: derandomised (reproducible in CI), large inputs ok."""
+    from datetime import timedelta
+
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=max_examples,
+        deadline=timedelta(seconds=5),
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        derandomize=True,
+    )
+
+
+def byte_flips(max_size: int):
+    """Strategy: up to ``max_size`` ``(where in [0, 1], xor mask)`` pairs for :func:`flip_bytes`."""
+    from hypothesis import strategies as st
+
+    return st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), min_size=1, max_size=max_size)
+
+
+def truncate(data: bytes, frac: float) -> bytes:
+    """The first ``frac`` of ``data``."""
+    return data[: int(len(data) * frac)]
+
+
+def flip_bytes(data: bytes, flips, start: int = 0, span: int | None = None) -> bytes:
+    """``data`` with bytes XOR-ed at fractions of ``span`` bytes from ``start`` (all by default)."""
+    buf = bytearray(data)
+    span = len(buf) - start if span is None else span
+    for where, xor in flips:
+        buf[min(start + int(where * span), len(buf) - 1)] ^= xor
+    return bytes(buf)
+
+
+def splice(a: bytes, b: bytes, i: float, j: float) -> bytes:
+    """The first ``i`` of ``a`` followed by ``b`` from its fraction ``j`` on."""
+    return a[: int(len(a) * i)] + b[int(len(b) * j) :]
+
+
+def with_cutouts(data: bytes, field: str, junk: bytes) -> tuple[bytes, int]:
+    """``data`` re-written with every record's ``field`` cutout replaced by ``junk``.
+
+    Returns
+    -------
+    (bytes, int)
+        The new container and its number of records.
+    """
+    reader = fastavro.reader(io.BytesIO(data))
+    records = list(reader)
+    for record in records:
+        record[field] = {"fileName": "junk", "stampData": junk}
+    buf = io.BytesIO()
+    fastavro.writer(buf, reader.writer_schema, records)
+    return buf.getvalue(), len(records)

@@ -14,21 +14,25 @@ import io
 import json
 import math
 import re
-from datetime import timedelta
 
 import fastavro
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import (
     BAD,
     MINI_SCHEMA,
-    REAL,
+    byte_flips,
+    flip_bytes,
+    fuzz_seeds,
+    fuzz_settings,
     mini_container,
     mini_record,
     needs_bad,
-    real_containers,
+    splice,
+    truncate,
+    with_cutouts,
 )
 from transforms import first_pass
 from transforms.alerts import _read_header, _Reader, decode_alerts, encode_long
@@ -311,10 +315,7 @@ def test_noncanonical_union_index_goes_exact():
 
 
 # --- mutations ------------------------------------------------------------------------------------
-if REAL.is_dir():
-    SEEDS = [data for _, data in real_containers() if len(data) < 120_000][::7]
-else:
-    SEEDS = [mini_container([mini_record(i)]) for i in range(4)]
+SEEDS = fuzz_seeds()
 SEEDS += [
     _container(HIST_SCHEMA, [_hist_record(i, HISTORIES["mixed"][0]) for i in range(4)]),
     _container(
@@ -322,12 +323,7 @@ SEEDS += [
     ),
     _with_blocked_history(HISTORIES["mixed"][0]),
 ]
-FUZZ = settings(
-    max_examples=80,
-    deadline=timedelta(seconds=5),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=True,
-)
+FUZZ = fuzz_settings(80)
 seed = st.sampled_from(SEEDS)
 
 
@@ -344,34 +340,27 @@ def _body(data: bytes) -> int:
 @FUZZ
 @given(seed, st.floats(0, 1))
 def test_fuzz_truncation(data, frac):
-    _agree(data[: int(len(data) * frac)])
+    _agree(truncate(data, frac))
 
 
 @FUZZ
-@given(seed, st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), min_size=1, max_size=8))
+@given(seed, byte_flips(8))
 def test_fuzz_byte_flips(data, flips):
-    buf = bytearray(data)
-    for where, xor in flips:
-        buf[min(int(where * len(buf)), len(buf) - 1)] ^= xor
-    _agree(bytes(buf))
+    _agree(flip_bytes(data, flips))
 
 
 @settings(FUZZ, max_examples=120)
-@given(seed, st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), min_size=1, max_size=3))
+@given(seed, byte_flips(3))
 def test_fuzz_byte_flips_in_records(data, flips):
     # Aimed at the candidate and history (cutouts come last): the bytes the fast path reads.
     start = _body(data)
-    span = max(1, (len(data) - start) // 2)
-    buf = bytearray(data)
-    for where, xor in flips:
-        buf[min(start + int(where * span), len(buf) - 1)] ^= xor
-    _agree(bytes(buf))
+    _agree(flip_bytes(data, flips, start, max(1, (len(data) - start) // 2)))
 
 
 @FUZZ
 @given(seed, seed, st.floats(0, 1), st.floats(0, 1))
 def test_fuzz_splices(a, b, i, j):
-    _agree(a[: int(len(a) * i)] + b[int(len(b) * j) :])
+    _agree(splice(a, b, i, j))
 
 
 @settings(FUZZ, max_examples=30)
@@ -381,14 +370,9 @@ def test_fuzz_splices(a, b, i, j):
     st.binary(max_size=3000) | st.sampled_from([b"", b"\x1f\x8b", b"\xff\xd8"]),
 )
 def test_fuzz_random_cutouts(data, field, junk):
-    reader = fastavro.reader(io.BytesIO(data))
-    records = list(reader)
-    for record in records:
-        record[field] = {"fileName": "junk", "stampData": junk}
-    buf = io.BytesIO()
-    fastavro.writer(buf, reader.writer_schema, records)
-    rows, error = _agree(buf.getvalue())
-    assert error is None and len(rows) == len(records)
+    mutated, n = with_cutouts(data, field, junk)
+    rows, error = _agree(mutated)
+    assert error is None and len(rows) == n
 
 
 def test_plans_are_cached_per_schema(monkeypatch):

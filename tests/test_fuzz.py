@@ -7,30 +7,24 @@ read → decode → stamps adapters as decoded alerts or dead letters, with no e
 
 from __future__ import annotations
 
-import io
-from datetime import timedelta
-
 import apache_beam as beam
-import fastavro
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.helpers import REAL, mini_container, mini_record, real_containers
+from tests.helpers import (
+    byte_flips,
+    flip_bytes,
+    fuzz_seeds,
+    fuzz_settings,
+    splice,
+    truncate,
+    with_cutouts,
+)
 from transforms.cutouts import DecodeCutouts
 from transforms.ingest import DecodeAlerts
 
-if REAL.is_dir():
-    SEEDS = [data for _, data in real_containers() if len(data) < 120_000][::7]
-else:
-    SEEDS = [mini_container([mini_record(i)]) for i in range(4)]
-    SEEDS.append(mini_container([mini_record(i) for i in range(5)], block_size=2))
-
-FUZZ = settings(
-    max_examples=1000,
-    deadline=timedelta(seconds=5),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=True,  # reproducible in CI; the corpus is large enough to explore
-)
+SEEDS = fuzz_seeds()
+FUZZ = fuzz_settings(1000)  # the corpus is large enough to explore
 
 
 def _run(data: bytes) -> tuple[int, int]:
@@ -59,22 +53,19 @@ seed = st.sampled_from(SEEDS)
 @FUZZ
 @given(seed, st.floats(0, 1))
 def test_truncation(data, frac):
-    _run(data[: int(len(data) * frac)])
+    _run(truncate(data, frac))
 
 
 @FUZZ
-@given(seed, st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), min_size=1, max_size=8))
+@given(seed, byte_flips(8))
 def test_byte_flips(data, flips):
-    buf = bytearray(data)
-    for where, xor in flips:
-        buf[min(int(where * len(buf)), len(buf) - 1)] ^= xor
-    _run(bytes(buf))
+    _run(flip_bytes(data, flips))
 
 
 @FUZZ
 @given(seed, seed, st.floats(0, 1), st.floats(0, 1))
 def test_splices(a, b, i, j):
-    _run(a[: int(len(a) * i)] + b[int(len(b) * j) :])
+    _run(splice(a, b, i, j))
 
 
 @FUZZ
@@ -84,11 +75,6 @@ def test_splices(a, b, i, j):
     st.binary(max_size=3000) | st.sampled_from([b"\x1f\x8b", b"SIMPLE  =", b"\xff\xd8"]),
 )
 def test_random_cutouts(data, field, junk):
-    reader = fastavro.reader(io.BytesIO(data))
-    records = list(reader)
-    for record in records:
-        record[field] = {"fileName": "junk", "stampData": junk}
-    buf = io.BytesIO()
-    fastavro.writer(buf, reader.writer_schema, records)
-    ok, dead = _run(buf.getvalue())
-    assert ok + dead == len(records)
+    mutated, n = with_cutouts(data, field, junk)
+    ok, dead = _run(mutated)
+    assert ok + dead == n
