@@ -12,12 +12,4 @@ if [ ! -f "$stamp" ] || ! cmp -s setup.py "$stamp"; then
   .venv/bin/python -m pip install --quiet -e ".[test]"
   cp setup.py "$stamp"
 fi
-# The SN page is tested in a real browser: Debian's chromium, driven by Playwright. Installed here
-# when missing and we may (root with apt-get); otherwise those tests skip and say why.
-if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "Installing Debian's chromium for the SN page's browser tests..." >&2
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      --no-install-recommends chromium; } >/dev/null 2>&1 ||
-    echo "could not install chromium: the browser tests will be skipped" >&2
-fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
