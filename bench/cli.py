@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.argtypes import positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REAL = ROOT.parent / "shared" / "data" / "ztf_alerts"
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "stampflow-bench"
@@ -372,7 +374,7 @@ def _sizes(text: str) -> tuple[int, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's typed flags."""
     parser.add_argument(
-        "--alerts", type=int, default=None, help=f"night size (default {DEFAULT_ALERTS:,})"
+        "--alerts", type=positive_int, default=None, help=f"night size (default {DEFAULT_ALERTS:,})"
     )
     parser.add_argument(
         "--quick", action="store_true", help=f"{QUICK_ALERTS:,} alerts and shorter measurements"
@@ -398,10 +400,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "as two on 2 cores, TensorFlow already uses both)",
     )
     parser.add_argument(
-        "--stage-alerts", type=int, default=None, help="alerts for per-stage rates (1000)"
+        "--stage-alerts", type=positive_int, default=None, help="alerts for per-stage rates (1000)"
     )
     parser.add_argument(
-        "--baseline-alerts", type=int, default=None, help="alerts run through the baseline (2000)"
+        "--baseline-alerts",
+        type=positive_int,
+        default=None,
+        help="alerts run through the baseline (2000)",
     )
     parser.add_argument(
         "--sizes", type=_sizes, default=(), help="extra night sizes for scaling, e.g. 5000,20000"

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.argtypes import positive_int
 from transforms.schema import CLASS_NAMES, FEATURES_ALERCE_26, FEATURES_PRODUCTION
 
 __all__ = [
@@ -764,12 +765,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--beta", type=float, default=0.5, help="entropy regulariser weight")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--dropout", type=float, default=0.5)
-    parser.add_argument("--val-every", type=int, default=10)
-    parser.add_argument("--val-per-class", type=int, default=100)
-    parser.add_argument("--test-per-class", type=int, default=100)
-    parser.add_argument("--max-steps", type=int, default=None, help="iteration budget")
+    parser.add_argument("--val-every", type=positive_int, default=10)
+    parser.add_argument("--val-per-class", type=positive_int, default=100)
+    parser.add_argument("--test-per-class", type=positive_int, default=100)
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="iteration budget")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-time budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="stampflow", help="model name recorded in outputs")

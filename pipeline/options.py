@@ -30,6 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from model.handler import METADATA_FILE, ModelDirError, read_metadata
+from pipeline.argtypes import non_negative_float, positive_float, positive_int, power_of_two
 from pipeline.errors import UserError
 from transforms.schema import (
     DEFAULT_HOLD_S,
@@ -316,34 +317,6 @@ class RunOptions:
 
 
 # --- Command line ---------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _nside(text: str) -> int:
-    value = _positive_int(text)
-    if value & (value - 1):
-        raise argparse.ArgumentTypeError(f"must be a power of two, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``stampflow run``'s flags; anything else is passed to Beam as pipeline options."""
     parser.add_argument(
@@ -372,12 +345,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="non-63x63 stamps: dead letter (ALeRCE) or NaN-pad",
     )
     parser.add_argument(
-        "--healpix-nside", type=_nside, default=64, help="sky-density resolution (power of 2)"
+        "--healpix-nside", type=power_of_two, default=64, help="sky-density resolution (power of 2)"
     )
-    parser.add_argument("--top-sn", type=_positive_int, default=50, help="SN candidates to report")
+    parser.add_argument("--top-sn", type=positive_int, default=50, help="SN candidates to report")
     parser.add_argument(
         "--tns-group-id",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="TNS reporting_group_id the SN page's TNS report is filled with (editable there)",
     )
@@ -445,29 +418,29 @@ def _add_streaming_arguments(group: Any) -> None:
         "--density-topic", default=None, help="projects/P/topics/T: windowed sky density (JSON)"
     )
     group.add_argument(
-        "--window-minutes", type=_positive_float, default=10.0, help="sky-density window [min]"
+        "--window-minutes", type=positive_float, default=10.0, help="sky-density window [min]"
     )
     group.add_argument(
         "--allowed-lateness-minutes",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=60.0,
         help="late rows still update their density window this long after it closes [min]",
     )
     group.add_argument(
         "--early-firing-seconds",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         help="processing-time delay of early density panes [s]",
     )
     group.add_argument(
         "--hold-seconds",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=DEFAULT_HOLD_S,
         help="first detection: wait this long (event and arrival time) for earlier alerts [s]",
     )
     group.add_argument(
         "--state-ttl-hours",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_STATE_TTL_S / 3600.0,
         help="forget a candid / released object after this much processing time [h]",
     )
@@ -492,7 +465,7 @@ def _add_streaming_arguments(group: Any) -> None:
     )
     group.add_argument(
         "--model-watch-interval",
-        type=_positive_float,
+        type=positive_float,
         default=60.0,
         help="how often --model-watch looks for a new version [s]",
     )
@@ -505,7 +478,7 @@ def _add_streaming_arguments(group: Any) -> None:
     )
     group.add_argument(
         "--max-run-seconds",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="cancel the streaming job after this long (local runs, demos); default: run forever",
     )

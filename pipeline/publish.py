@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from pipeline.argtypes import positive_int
 from transforms.alerts import decode_alerts
 from transforms.schema import EVENT_TIME_ATTRIBUTE, SOURCE_ATTRIBUTE
 from transforms.sources import ReadError, expand_pattern, read_path
@@ -123,7 +124,7 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="alert files, dirs, archives")
     parser.add_argument("--topic", required=True, help="projects/P/topics/T")
     parser.add_argument("--rate", type=_rate, default=None, help="messages per second, e.g. 50/s")
-    parser.add_argument("--limit", type=int, default=None, help="stop after N messages")
+    parser.add_argument("--limit", type=positive_int, default=None, help="stop after N messages")
     parser.set_defaults(func=_main)
 
 

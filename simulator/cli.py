@@ -6,20 +6,7 @@ import argparse
 import os
 import sys
 
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
+from pipeline.argtypes import fraction, positive_int
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -96,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         )
         p.add_argument(
             "--defects",
-            type=_fraction,
+            type=fraction,
             default=0.0,
             help="fraction of alerts with a defect (default 0)",
         )

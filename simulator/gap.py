@@ -52,7 +52,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from simulator.cli import positive_int
+from pipeline.argtypes import positive_int
 from transforms.schema import (
     CLASS_NAMES,
     FEATURES_ALERCE_26,
