@@ -256,10 +256,7 @@ class _ToRow(beam.DoFn):
     def _model(self, model_dir: str | None) -> ModelInfo:
         model_dir = model_dir or self.model.directory
         if model_dir not in self._models:
-            meta = read_metadata(model_dir)
-            self._models[model_dir] = ModelInfo(
-                model_dir, meta["name"], meta["version"], tuple(meta["features"]), meta
-            )
+            self._models[model_dir] = ModelInfo.from_metadata(model_dir, read_metadata(model_dir))
         return self._models[model_dir]
 
     def process(self, element: tuple[dict, Any, str | None]) -> Iterator[dict[str, Any]]:

@@ -123,6 +123,11 @@ class ModelInfo:
             meta = read_metadata(directory)
         except ModelDirError as e:
             raise OptionsError(f"--model: {e}") from None
+        return cls.from_metadata(directory, meta)
+
+    @classmethod
+    def from_metadata(cls, directory: str, meta: dict[str, Any]) -> ModelInfo:
+        """The model in ``directory`` whose ``stampflow_model.json`` is ``meta`` (already read)."""
         return cls(directory, meta["name"], meta["version"], tuple(meta["features"]), meta)
 
     @property
