@@ -45,6 +45,7 @@ __all__ = [
     "VersionedHandler",
     "WatchedModel",
     "model_dirs_newest_first",
+    "onnx_file_problem",
     "onnx_metadata_problem",
     "onnx_providers",
     "read_metadata",
@@ -427,6 +428,39 @@ def onnx_metadata_problem(metadata: dict[str, Any], onnx_props: dict[str, str]) 
     return None
 
 
+def _no_onnx_file(model_dir: str) -> str:
+    return f"{model_dir} has no {ONNX_FILE}; write it with `stampflow export-onnx {model_dir}`"
+
+
+def onnx_file_problem(model_dir: str, metadata: dict[str, Any]) -> str | None:
+    """Why a model directory cannot serve ``--runtime onnx``, or None when it can.
+
+    Parameters
+    ----------
+    model_dir
+        Model directory (any Beam filesystem).
+    metadata
+        Its ``stampflow_model.json``.
+
+    Returns
+    -------
+    str or None
+        One line: no :data:`ONNX_FILE` (with the command that writes it), or one whose metadata
+        names another model (:func:`onnx_metadata_problem`).
+    """
+    import onnx
+
+    path = FileSystems.join(model_dir, ONNX_FILE)
+    if not FileSystems.exists(path):
+        return _no_onnx_file(model_dir)
+    with FileSystems.open(path) as f:
+        proto = onnx.load_model_from_string(f.read())
+    problem = onnx_metadata_problem(metadata, {p.key: p.value for p in proto.metadata_props})
+    if problem:
+        return f"{path}: {problem}; re-run `stampflow export-onnx {model_dir}`"
+    return None
+
+
 def onnx_providers(device: str) -> list[str]:
     """Execution providers to ask ``onnxruntime`` for, best first.
 
@@ -480,11 +514,8 @@ class OnnxModel:
         try:
             with FileSystems.open(path) as f:
                 data = f.read()
-        except OSError as e:
-            raise ModelDirError(
-                f"{model_dir} has no {ONNX_FILE} for --runtime onnx; write it with "
-                f"`stampflow export-onnx {model_dir}` ({type(e).__name__})"
-            ) from None
+        except OSError:
+            raise ModelDirError(_no_onnx_file(model_dir)) from None
         options = ort.SessionOptions()
         options.log_severity_level = 3  # onnxruntime's own warnings go to stderr unformatted
         wanted = onnx_providers(device)
