@@ -176,6 +176,21 @@ def test_handler_answers_known_ssos_and_equals_the_tensorflow_handler(night):
     )
 
 
+def test_provider_is_logged_and_a_gpu_not_used_is_a_warning(caplog):
+    import onnxruntime
+
+    from model.handler import CPU_PROVIDER, CUDA_PROVIDER
+
+    with caplog.at_level("INFO", logger="model.handler"):
+        model = OnnxModel(DEFAULT_MODEL, device="gpu")
+    if CUDA_PROVIDER in onnxruntime.get_available_providers() and model.provider == CUDA_PROVIDER:
+        pytest.skip("this machine runs the graph on its GPU")
+    assert model.provider == CPU_PROVIDER
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "not on the GPU" in warnings[0].getMessage()
+    assert CPU_PROVIDER in warnings[0].getMessage()
+
+
 def test_a_bad_batch_raises_and_becomes_inference_dead_letters():
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
