@@ -21,6 +21,12 @@ RUNTIME = [
     "astropy-healpix>=1.1,<3",
     "pyarrow>=18",
     "matplotlib>=3.9,<4",
+    # --runtime onnx and `stampflow export-onnx` (tf2onnx 1.17 resolves with TF 2.21, protobuf 6,
+    # numpy 2). GPU: replace onnxruntime by onnxruntime-gpu of the same version (both install
+    # the same `onnxruntime` package, so they cannot sit side by side in one extra).
+    "onnxruntime==1.32.0",
+    "onnx==1.23.2",
+    "tf2onnx==1.17.0",
 ]
 
 setup(

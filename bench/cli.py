@@ -10,6 +10,7 @@ The flow::
       ─ baseline (bench.baseline) on a subset of the same night's files
       ─ ``stampflow run`` end to end on the whole night (subprocess): alerts/s, peak RSS
       ─ optional extra sizes (--sizes) for the scaling table; optional cProfile (--profile)
+      ─ optional (--onnx): onnxruntime vs TensorFlow inference and the night with --runtime onnx
     ─▶ a markdown table on stdout and, with --json, every number
 
     stampflow bench --quick                       # 5k alerts, a few minutes
@@ -53,6 +54,7 @@ def run_bench(
     profile: str | Path | None = None,
     null_model: bool = False,
     device: bool = False,
+    onnx: bool = False,
     log=print,
 ) -> dict[str, Any]:
     """Run every measurement and return the result (see the module docstring).
@@ -87,6 +89,10 @@ def run_bench(
     device
         Also measure inference on the accelerator TensorFlow sees (or the CPU, said plainly),
         at that device's batch sizes, with and without XLA, and the XLA parity (``device``).
+    onnx
+        Also measure the model's ONNX export with onnxruntime: inference at batch 1, 64, 256
+        beside TensorFlow in the same process, with the parity (``onnx``), and the night end to
+        end with ``--runtime onnx`` (``end_to_end_onnx``).
     log
         Progress printer (``print``; a no-op to stay quiet).
 
@@ -140,6 +146,10 @@ def run_bench(
 
     if device:
         result["device"] = measure_device(model_dir, fit_alerts, seconds, log)
+    if onnx:
+        log("onnxruntime vs TensorFlow inference, batch 1, 64, 256 ...")
+        alerts_sub = [a for c in subset for a in decode_alerts(c, "bench")[0]]
+        result["onnx"] = stages.measure_onnx(model_dir, alerts_sub, machine_gflops, seconds)
 
     picked = sorted(random.Random(seed).sample(files, min(baseline_alerts, len(files))))
     log(f"baseline on {len(picked)} alert files ...")
@@ -166,6 +176,16 @@ def run_bench(
         try:
             result["end_to_end_null"] = end_to_end.run_pipeline(
                 night, model_dir, out, workers, runtime="null"
+            )
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+    if onnx:
+        log(f"stampflow run --runtime onnx on {alerts} alerts, {workers} worker(s) ...")
+        out = Path(tempfile.mkdtemp(prefix="run-onnx-", dir=cache))
+        try:
+            result["end_to_end_onnx"] = end_to_end.run_pipeline(
+                night, model_dir, out, workers, runtime="onnx"
             )
         finally:
             shutil.rmtree(out, ignore_errors=True)
@@ -260,6 +280,20 @@ def stage_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows.append(
         ("end to end", e2e["alerts_per_s"], base["alerts_per_s"], "one alert at a time, 1 process")
     )
+    onnx = result.get("onnx")
+    if onnx:  # against TensorFlow measured beside it
+        for b, r in onnx["onnxruntime"].items():
+            theirs = onnx["tensorflow"][b]["alerts_per_s"]
+            rows.append((f"inference, batch {b}, onnxruntime", r["alerts_per_s"], theirs, "TF"))
+    if "end_to_end_onnx" in result:
+        rows.append(
+            (
+                "end to end, --runtime onnx",
+                result["end_to_end_onnx"]["alerts_per_s"],
+                e2e["alerts_per_s"],
+                "--runtime tensorflow",
+            )
+        )
     return [
         {
             "stage": s,
@@ -340,6 +374,32 @@ def format_markdown(result: dict[str, Any]) -> str:
         ]
         for b in dev["batches"]:
             lines.append(f"| {b} | {dev['inference'][b]:,.0f} | {dev['inference_xla'][b]:,.0f} |")
+    onnx = result.get("onnx")
+    if onnx:
+        lines += [
+            "",
+            f"ONNX export with onnxruntime ({onnx['provider']}), TensorFlow measured beside it "
+            f"in the same process; probabilities differ by at most {onnx['max_abs_diff']:.1e} "
+            f"on {onnx['alerts']} alerts.",
+            "",
+            "| inference batch | TensorFlow [alerts/s] | onnxruntime [alerts/s] | ratio |",
+            "|---:|---:|---:|---:|",
+        ]
+        for b, r in onnx["onnxruntime"].items():
+            tf_rate = onnx["tensorflow"][b]["alerts_per_s"]
+            lines.append(
+                f"| {b} | {tf_rate:,.0f} | {r['alerts_per_s']:,.0f} "
+                f"| {r['alerts_per_s'] / tf_rate:.2f}× |"
+            )
+    e2e_onnx = result.get("end_to_end_onnx")
+    if e2e_onnx:
+        lines += [
+            "",
+            f"End to end with `--runtime onnx` (same night, same run): "
+            f"{e2e_onnx['alerts_per_s']:,.0f} alerts/s ({e2e_onnx['runtime_s']:.1f} s job time, "
+            f"peak RSS {e2e_onnx['peak_rss_mb']:,.0f} MB); `--runtime tensorflow` "
+            f"{e2e['alerts_per_s']:,.0f} alerts/s ({e2e['runtime_s']:.1f} s).",
+        ]
     null = result.get("end_to_end_null")
     if null:
         lines += [
@@ -391,6 +451,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also run the night with fixed probabilities and no TensorFlow (--runtime null): "
         "the cost of everything around the model",
+    )
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also measure the model's ONNX export with onnxruntime: inference beside "
+        "TensorFlow at batch 1, 64, 256, and the night end to end with --runtime onnx",
     )
     parser.add_argument(
         "--workers",
@@ -482,6 +548,7 @@ def main(args: argparse.Namespace) -> int:
         profile=args.profile,
         null_model=args.null_model,
         device=args.device,
+        onnx=args.onnx,
     )
     result["bench_seconds"] = time.perf_counter() - started
     print(format_markdown(result))

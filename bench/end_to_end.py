@@ -141,8 +141,8 @@ def run_pipeline(
     interval
         Memory sampling period [s].
     runtime
-        ``--runtime`` of the run: ``tensorflow``, or ``null`` (fixed probabilities, no
-        TensorFlow: everything but inference).
+        ``--runtime`` of the run: ``tensorflow``, ``onnx`` (the model's ``model.onnx``), or
+        ``null`` (fixed probabilities, no TensorFlow: everything but inference).
 
     Returns
     -------

@@ -2,7 +2,7 @@
 
 Both the stage benchmark (:func:`bench.stages.inference_rates`) and the one-alert-at-a-time
 baseline (:func:`bench.baseline.baseline_rate`) call the same SavedModel this way, so their
-inference costs are comparable.
+inference costs are comparable; the ONNX export is called the same way for the onnxruntime rows.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["load_serving"]
 
 
 def load_serving(
-    model_dir: str | Path, jit_compile: bool = False
+    model_dir: str | Path, jit_compile: bool = False, runtime: str = "tensorflow"
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """The SavedModel's ``serving_default`` signature as ``predict(features, stamps) -> probs``.
 
@@ -29,6 +29,9 @@ def load_serving(
         An exported model directory.
     jit_compile
         Compile the serving function with XLA, as ``stampflow run --jit-compile`` does.
+    runtime
+        ``"tensorflow"`` (the SavedModel) or ``"onnx"`` (its ``model.onnx`` on the CPU, loaded as
+        ``stampflow run --runtime onnx`` loads it: :class:`model.handler.OnnxModel`).
 
     Returns
     -------
@@ -36,6 +39,10 @@ def load_serving(
         ``predict(features [B, F] float32, stamps [B, 63, 63, 3] float32) -> probabilities
         [B, 5]`` as a numpy array.
     """
+    if runtime == "onnx":
+        from model.handler import OnnxModel
+
+        return OnnxModel(str(model_dir))
     import tensorflow as tf  # only when a model is loaded: importing bench stays cheap
 
     from model.handler import StampClassifierHandler, serving_function

@@ -7,7 +7,9 @@ Stages, each in alerts/s on the same alerts:
 * featurisation (:func:`transforms.featurize.featurize_alerts` on batches of 1,000);
 * the fitted tf.Transform graph alone (:func:`model.export.apply_transform`);
 * inference through the exported SavedModel's ``serving_default`` signature (transform embedded)
-  at batch 1, 64 and 256, in the production layout (kernel 5, crop 21, 23 features).
+  at batch 1, 64 and 256, in the production layout (kernel 5, crop 21, 23 features);
+* the same through its ONNX export with onnxruntime, TensorFlow measured again beside it
+  (:func:`measure_onnx`, ``stampflow bench --onnx``).
 
 Inference efficiency is the achieved GFLOP/s (alerts/s × :func:`model_flops_per_alert`) over
 the machine's fp32 matrix-multiply GFLOP/s (:func:`machine_gflops`, TensorFlow, same process,
@@ -33,10 +35,12 @@ __all__ = [
     "INFERENCE_BATCHES",
     "PRODUCTION",
     "build_bench_model",
+    "ensure_onnx",
     "examples_of",
     "featurize_rate",
     "inference_rates",
     "machine_gflops",
+    "measure_onnx",
     "measure_stages",
     "model_flops_per_alert",
     "model_macs",
@@ -249,6 +253,7 @@ def inference_rates(
     batches: Sequence[int] = INFERENCE_BATCHES,
     seconds: float = 2.0,
     jit_compile: bool = False,
+    runtime: str = "tensorflow",
 ) -> dict[int, float]:
     """alerts/s through the serving signature at each batch size (best of three passes).
 
@@ -264,13 +269,15 @@ def inference_rates(
         Minimum time per pass.
     jit_compile
         Measure the XLA-compiled serving function instead.
+    runtime
+        ``"tensorflow"`` or ``"onnx"`` (the model's ``model.onnx`` with onnxruntime).
 
     Returns
     -------
     dict
         ``{batch size: alerts/s}``.
     """
-    predict = load_serving(model_dir, jit_compile)
+    predict = load_serving(model_dir, jit_compile, runtime)
     reps = -(-max(batches) // len(features))
     features = np.tile(features, (reps, 1))
     stamps = np.tile(stamps, (reps, 1, 1, 1))
@@ -326,18 +333,9 @@ def measure_stages(
     decoding = measure(list(containers), repeat)
     alerts = [a for c in containers for a in decode_alerts(c, "bench")[0]]
     features, stamps = examples_of(alerts)
-    flops = model_flops_per_alert(PRODUCTION)
     rates = {}
     if inference:
         rates = inference_rates(model_dir, features, stamps, seconds=inference_seconds)
-    per_batch = {
-        b: {
-            "alerts_per_s": rate,
-            "gflops": rate * flops / 1e9,
-            "efficiency": rate * flops / 1e9 / machine,
-        }
-        for b, rate in rates.items()
-    }
     return {
         "alerts": len(alerts),
         "decoding": decoding,
@@ -345,5 +343,80 @@ def measure_stages(
         # the peer way: one SkyCoord transform per alert (on at most 200 alerts: it is slow)
         "featurize_per_alert": per_alert_features_rate([a.candidate for a in alerts[:200]], repeat),
         "transform": transform_rate(Path(model_dir).parent / "tft", features, stamps, repeat),
-        "inference": per_batch,
+        "inference": _with_gflops(rates, machine),
+    }
+
+
+def _with_gflops(rates: dict[int, float], machine: float) -> dict[int, dict[str, float]]:
+    """``{batch: alerts/s}`` → ``{batch: {"alerts_per_s", "gflops", "efficiency"}}``."""
+    flops = model_flops_per_alert(PRODUCTION)
+    return {
+        b: {
+            "alerts_per_s": rate,
+            "gflops": rate * flops / 1e9,
+            "efficiency": rate * flops / 1e9 / machine,
+        }
+        for b, rate in rates.items()
+    }
+
+
+def ensure_onnx(model_dir: str | Path) -> Path:
+    """The model's ``model.onnx``, exported by :func:`model.onnx_export.export_onnx` if missing."""
+    from model.handler import ONNX_FILE
+    from model.onnx_export import export_onnx
+
+    path = Path(model_dir) / ONNX_FILE
+    if not path.is_file():
+        export_onnx(str(model_dir))
+    return path
+
+
+def measure_onnx(
+    model_dir: str | Path,
+    alerts: Sequence[Alert],
+    machine: float,
+    seconds: float = 2.0,
+    batches: Sequence[int] = INFERENCE_BATCHES,
+) -> dict[str, Any]:
+    """onnxruntime against TensorFlow on the same model and alerts, back to back per batch size.
+
+    Both run on the CPU in this process (the same threads and load), so the ratio is fair even on
+    a machine others share.
+
+    Parameters
+    ----------
+    model_dir
+        Model from :func:`build_bench_model`; its ONNX export is written if missing.
+    alerts
+        Alerts whose raw examples are fed to both.
+    machine
+        The machine's fp32 GFLOP/s.
+    seconds
+        Minimum time per pass.
+    batches
+        Batch sizes.
+
+    Returns
+    -------
+    dict
+        ``onnxruntime`` and ``tensorflow`` (``{batch: {"alerts_per_s", "gflops",
+        "efficiency"}}``), ``max_abs_diff`` (largest probability difference on ``alerts``),
+        ``provider`` and ``alerts``.
+    """
+    from model.handler import OnnxModel
+
+    ensure_onnx(model_dir)
+    features, stamps = examples_of(alerts)
+    ours, theirs = {}, {}
+    for b in batches:
+        theirs.update(inference_rates(model_dir, features, stamps, (b,), seconds))
+        ours.update(inference_rates(model_dir, features, stamps, (b,), seconds, runtime="onnx"))
+    onnx_model = OnnxModel(str(model_dir))
+    diff = np.abs(onnx_model(features, stamps) - load_serving(model_dir)(features, stamps))
+    return {
+        "onnxruntime": _with_gflops(ours, machine),
+        "tensorflow": _with_gflops(theirs, machine),
+        "max_abs_diff": float(diff.max()),
+        "provider": onnx_model.provider,
+        "alerts": len(features),
     }

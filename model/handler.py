@@ -35,13 +35,19 @@ __all__ = [
     "MAX_BATCH",
     "METADATA_FILE",
     "MIN_BATCH",
+    "ONNX_FILE",
     "ModelDirError",
     "NullHandler",
+    "OnnxHandler",
+    "OnnxModel",
     "PollingHandler",
     "StampClassifierHandler",
     "VersionedHandler",
     "WatchedModel",
     "model_dirs_newest_first",
+    "onnx_file_problem",
+    "onnx_metadata_problem",
+    "onnx_providers",
     "read_metadata",
     "serving_function",
     "visible_gpus",
@@ -283,13 +289,27 @@ class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
         self.device, self.jit_compile = device, jit_compile
 
     def load_model(self) -> Any:
+        return self.open_model()
+
+    def open_model(self) -> Any:
+        """Load the model this handler runs (subclasses change the runtime here)."""
         return _load(self.model_dir, self.jit_compile)
+
+    def predict(self, model: Any, features: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+        """Probabilities ``[N, 5]`` for raw ``features`` ``[N, F]``, ``stamps`` ``[N, 63, 63, 3]``.
+
+        The one call into the runtime; subclasses running another runtime override it.
+        """
+        import tensorflow as tf
+
+        out = serving_function(model)(
+            **{RAW_FEATURES_KEY: tf.constant(features), RAW_STAMPS_KEY: tf.constant(stamps)}
+        )
+        return out[SERVING_OUTPUT_KEY].numpy()
 
     def run_inference(
         self, batch: Sequence[Example], model: Any, inference_args: dict | None = None
     ) -> Iterable[PredictionResult]:
-        import tensorflow as tf
-
         # Known solar-system objects (flagged by pipeline.classify) are asteroids by rule: the
         # network runs on the others only.
         ask = [i for i, e in enumerate(batch) if not e.get(KNOWN_SSO_KEY)]
@@ -298,10 +318,7 @@ class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
             asked = [batch[i] for i in ask]
             features = np.stack([e[RAW_FEATURES_KEY] for e in asked]).astype(np.float32, copy=False)
             stamps = np.stack([e[RAW_STAMPS_KEY] for e in asked]).astype(np.float32, copy=False)
-            out = serving_function(model)(
-                **{RAW_FEATURES_KEY: tf.constant(features), RAW_STAMPS_KEY: tf.constant(stamps)}
-            )
-            probs[ask] = out[SERVING_OUTPUT_KEY].numpy()
+            probs[ask] = self.predict(model, features, stamps)
         return [PredictionResult(example, p) for example, p in zip(batch, probs, strict=True)]
 
     def batch_elements_kwargs(self) -> dict[str, int]:
@@ -375,6 +392,175 @@ class PollingHandler(StampClassifierHandler):
             PredictionResult(r.example, r.inference, model_dir)
             for r in super().run_inference(batch, loaded, inference_args)
         ]
+
+
+#: The ONNX file beside the SavedModel in a model directory (``stampflow export-onnx`` writes it).
+ONNX_FILE = "model.onnx"
+#: ``onnxruntime``'s name for its CUDA execution provider (``onnxruntime-gpu`` only).
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+#: ONNX metadata keys that must equal ``stampflow_model.json``'s for the file to serve the model.
+ONNX_CHECKED_KEYS = ("name", "version", "features", "class_names")
+
+
+def onnx_metadata_problem(metadata: dict[str, Any], onnx_props: dict[str, str]) -> str | None:
+    """Why an ONNX file's metadata does not belong to a model directory, or None when it does.
+
+    Parameters
+    ----------
+    metadata
+        The directory's ``stampflow_model.json``.
+    onnx_props
+        The ONNX file's metadata properties (strings; lists are JSON), as written by
+        :func:`model.onnx_export.export_onnx`.
+
+    Returns
+    -------
+    str or None
+        One line naming the first key that differs (name, version, feature or class order).
+    """
+    for key in ONNX_CHECKED_KEYS:
+        if key not in onnx_props:
+            return f"its metadata has no {key!r} (not written by stampflow export-onnx)"
+        got = onnx_props[key]
+        want = metadata.get(key, list(CLASS_NAMES) if key == "class_names" else None)
+        if (json.loads(got) if isinstance(want, list) else got) != want:
+            return f"it was exported from another model ({key} {got} != {want})"
+    return None
+
+
+def _no_onnx_file(model_dir: str) -> str:
+    return f"{model_dir} has no {ONNX_FILE}; write it with `stampflow export-onnx {model_dir}`"
+
+
+def onnx_file_problem(model_dir: str, metadata: dict[str, Any]) -> str | None:
+    """Why a model directory cannot serve ``--runtime onnx``, or None when it can.
+
+    Parameters
+    ----------
+    model_dir
+        Model directory (any Beam filesystem).
+    metadata
+        Its ``stampflow_model.json``.
+
+    Returns
+    -------
+    str or None
+        One line: no :data:`ONNX_FILE` (with the command that writes it), or one whose metadata
+        names another model (:func:`onnx_metadata_problem`).
+    """
+    import onnx
+
+    path = FileSystems.join(model_dir, ONNX_FILE)
+    if not FileSystems.exists(path):
+        return _no_onnx_file(model_dir)
+    with FileSystems.open(path) as f:
+        proto = onnx.load_model_from_string(f.read())
+    problem = onnx_metadata_problem(metadata, {p.key: p.value for p in proto.metadata_props})
+    if problem:
+        return f"{path}: {problem}; re-run `stampflow export-onnx {model_dir}`"
+    return None
+
+
+def onnx_providers(device: str) -> list[str]:
+    """Execution providers to ask ``onnxruntime`` for, best first.
+
+    Parameters
+    ----------
+    device
+        ``"gpu"``: CUDA first when this ``onnxruntime`` has it (``onnxruntime-gpu``), then the
+        CPU; ``"cpu"``: the CPU only.
+
+    Returns
+    -------
+    list of str
+        Provider names for ``InferenceSession(providers=...)``.
+    """
+    import onnxruntime as ort
+
+    if device == "gpu" and CUDA_PROVIDER in ort.get_available_providers():
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+class OnnxModel:
+    """A loaded ``model.onnx``: one ``onnxruntime.InferenceSession``, thread-safe to run.
+
+    Parameters
+    ----------
+    model_dir
+        Model directory (any Beam filesystem) holding :data:`ONNX_FILE` and
+        ``stampflow_model.json``.
+    device
+        ``"cpu"`` or ``"gpu"`` (see :func:`onnx_providers`).
+
+    Raises
+    ------
+    ModelDirError
+        When the directory has no ONNX file, or one exported from another model version.
+
+    Attributes
+    ----------
+    provider
+        The execution provider that runs the graph (what ``onnxruntime`` chose, not what was asked).
+    description
+        One line: onnxruntime version, file, provider (logged when the model loads).
+    """
+
+    def __init__(self, model_dir: str, device: str = "cpu") -> None:
+        import onnxruntime as ort
+
+        metadata = read_metadata(model_dir)
+        path = FileSystems.join(model_dir, ONNX_FILE)
+        try:
+            with FileSystems.open(path) as f:
+                data = f.read()
+        except OSError:
+            raise ModelDirError(_no_onnx_file(model_dir)) from None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # onnxruntime's own warnings go to stderr unformatted
+        wanted = onnx_providers(device)
+        self.session = ort.InferenceSession(data, options, providers=wanted)
+        problem = onnx_metadata_problem(metadata, self.session.get_modelmeta().custom_metadata_map)
+        if problem:
+            raise ModelDirError(
+                f"{path}: {problem}; re-run `stampflow export-onnx {model_dir}`"
+            ) from None
+        self.provider = self.session.get_providers()[0]
+        self.description = f"onnxruntime {ort.__version__}: {path} on {self.provider}"
+        log = logging.getLogger(__name__)
+        if device == "gpu" and self.provider != CUDA_PROVIDER:
+            # Never a silent CPU fallback: say why the GPU is not used.
+            why = (
+                "CUDA provider did not start (no GPU or driver?)"
+                if CUDA_PROVIDER in wanted
+                else "this onnxruntime has no CUDA provider (install onnxruntime-gpu)"
+            )
+            log.warning("%s, not on the GPU: %s", self.description, why)
+        else:
+            log.info("%s", self.description)
+
+    def __call__(self, features: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+        """Probabilities ``[N, 5]`` for raw inputs (see :class:`StampClassifierHandler`)."""
+        feeds = {RAW_FEATURES_KEY: features, RAW_STAMPS_KEY: stamps}
+        return self.session.run([SERVING_OUTPUT_KEY], feeds)[0]
+
+
+class OnnxHandler(VersionedHandler):
+    """:class:`VersionedHandler` running the model's ONNX export with ``onnxruntime``.
+
+    ``--runtime onnx``. The model directory must carry :data:`ONNX_FILE`, exported from its
+    SavedModel (the model of record) by ``stampflow export-onnx``; its metadata must name the same
+    model version. Batching, known solar-system objects, ``model_id`` and dead letters are those
+    of the TensorFlow handler; only the call into the runtime differs. ``device="gpu"`` asks for
+    the CUDA execution provider (``onnxruntime-gpu``); the provider that runs is logged, with a
+    warning when the GPU was asked for and is not used. ``jit_compile`` does not apply.
+    """
+
+    def open_model(self) -> OnnxModel:
+        return OnnxModel(self.model_dir, self.device)
+
+    def predict(self, model: OnnxModel, features: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+        return model(features, stamps)
 
 
 class NullHandler(StampClassifierHandler):

@@ -71,12 +71,45 @@ class NetworkConfig:
         return asdict(self)
 
 
+def rotate90(x: tf.Tensor, k: int) -> tf.Tensor:
+    """Rotate a ``[N, H, W, C]`` batch by ``k`` × 90° counter-clockwise, without control flow.
+
+    Parameters
+    ----------
+    x
+        Images, ``[N, H, W, C]``.
+    k
+        Quarter turns, a Python int (0-3; taken modulo 4).
+
+    Returns
+    -------
+    tf.Tensor
+        ``np.rot90(x, k, axes=(1, 2))``: one transpose and/or reversal of fixed axes, so it
+        exports to ONNX as ``Transpose``/``Slice`` nodes only.
+    """
+    k %= 4
+    if k == 1:  # transpose, then flip the rows: the top row becomes the left column
+        return tf.transpose(x, [0, 2, 1, 3])[:, ::-1]
+    if k == 2:
+        return x[:, ::-1, ::-1]
+    if k == 3:  # transpose, then flip the columns
+        return tf.transpose(x, [0, 2, 1, 3])[:, :, ::-1]
+    return x
+
+
 @keras.saving.register_keras_serializable(package="stampflow")
 class RotationExtend(keras.layers.Layer):
-    """``[N, H, W, C]`` → ``[4N, H, W, C]``: the batch followed by its 90°, 180°, 270° rotations."""
+    """``[N, H, W, C]`` → ``[4N, H, W, C]``: the batch followed by its 90°, 180°, 270° rotations.
+
+    Rotations are counter-clockwise, as ``np.rot90(x, k, axes=(1, 2))`` and ``tf.image.rot90``
+    (square stamps only). They are written as transposes and reversals (:func:`rotate90`) rather
+    than ``tf.image.rot90``, whose tensor ``k`` becomes three ``If`` nodes in an ONNX export,
+    which onnx2torch and TensorRT refuse; the pixels moved are the same, so the outputs are
+    bit-identical.
+    """
 
     def call(self, x):
-        return tf.concat([x, tf.image.rot90(x, 1), tf.image.rot90(x, 2), tf.image.rot90(x, 3)], 0)
+        return tf.concat([x, *(rotate90(x, k) for k in (1, 2, 3))], 0)
 
     def compute_output_shape(self, input_shape):
         n = input_shape[0]

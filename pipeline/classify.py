@@ -3,7 +3,7 @@
 ``Featurize`` keys every example by :func:`alert_meta` (what the row, the rules and a dead letter
 need of the alert), so nothing has to be joined back after RunInference::
 
-    (meta, example) ─ Classify: RunInference(VersionedHandler | PollingHandler)
+    (meta, example) ─ Classify: RunInference(VersionedHandler | PollingHandler | OnnxHandler)
         ─▶ (meta, probabilities [5], model directory) ─ ApplyRules ─▶ probability rows
         ─▶ dead letters (stage inference: a batch the model could not run)
 
@@ -33,6 +33,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelMetadata, RunI
 from model.handler import (
     KNOWN_SSO_KEY,
     NullHandler,
+    OnnxHandler,
     PollingHandler,
     VersionedHandler,
     read_metadata,
@@ -160,7 +161,8 @@ class Classify(beam.PTransform):
         Send known solar-system objects around the network (``--rules alerce``; see the module
         docstring).
     runtime
-        ``tensorflow``, or ``null`` (:class:`model.handler.NullHandler`: fixed probabilities).
+        ``tensorflow``, ``onnx`` (:class:`model.handler.OnnxHandler`: the model's ONNX export
+        with onnxruntime) or ``null`` (:class:`model.handler.NullHandler`: fixed probabilities).
     device, jit_compile
         Batch sizes for ``cpu`` or ``gpu``; XLA (see :class:`model.handler.StampClassifierHandler`).
     """
@@ -188,6 +190,8 @@ class Classify(beam.PTransform):
         updates = None
         if self.runtime == "null":
             handler = NullHandler(self.model.directory, **self.handler_args)
+        elif self.runtime == "onnx":  # --model-watch is refused with it (pipeline.options)
+            handler = OnnxHandler(self.model.directory, **self.handler_args)
         elif self.watch is not None and self.watch.mode == "poll":
             handler = PollingHandler(
                 self.model.directory,

@@ -20,6 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("model.train", "train, evaluate and export a model on labelled alerts"),
     "evaluate": ("model.train", "evaluate an exported model on labelled alerts"),
     "import-alerce": ("model.alerce", "import an ALeRCE TF1 checkpoint as a stampflow model"),
+    "export-onnx": (
+        "model.onnx_export",
+        "export a model as one ONNX graph (onnxruntime, TensorRT)",
+    ),
     "compare": ("model.compare", "agreement of a model with a reference model on real alerts"),
     "label": ("model.label", "labels.csv for real alerts by catalogue cross-match (as ALeRCE did)"),
     "gap": ("simulator.gap", "domain-gap report: simulated vs real alerts (features, images, AUC)"),
@@ -59,7 +63,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 #: Subcommands that load TensorFlow (its start-up chatter is silenced unless --verbose).
-_TF_COMMANDS = frozenset({"run", "train", "evaluate", "import-alerce", "bench", "compare"})
+_TF_COMMANDS = frozenset(
+    {"run", "train", "evaluate", "import-alerce", "bench", "compare", "export-onnx"}
+)
 #: Subcommands that load TensorFlow only when given one of these flags.
 _TF_WITH_FLAG = {"gap": "--reference"}
 

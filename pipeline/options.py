@@ -10,7 +10,9 @@ exiting with status 2:
 - a Pub/Sub subscription or topic that is not ``projects/P/subscriptions/S`` /
   ``projects/P/topics/T`` (Beam's own rules), a BigQuery target that is not ``PROJECT:DATASET``;
 - flags that do not go together (``--model-watch-mode side-input`` on a local runner, streaming
-  without an output).
+  without an output, ``--model-watch`` with ``--runtime onnx``);
+- ``--runtime onnx`` with a model directory that has no ``model.onnx``, or one exported from
+  another version of the model (run ``stampflow export-onnx MODEL``).
 
 The runner is resolved here, once: ``FnApiRunner`` for batch and ``BundleBasedDirectRunner`` for
 streaming unless ``--runner`` names one; so are the model-watch mode and the BigQuery target.
@@ -29,7 +31,7 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from model.handler import METADATA_FILE, ModelDirError, read_metadata
+from model.handler import METADATA_FILE, ModelDirError, onnx_file_problem, read_metadata
 from pipeline.argtypes import non_negative_float, positive_float, positive_int, power_of_two
 from pipeline.errors import UserError
 from transforms.schema import (
@@ -83,7 +85,7 @@ DIRECT_RUNNERS = frozenset({"BundleBasedDirectRunner", "DirectRunner"})
 #: ``--model-watch-mode`` choices.
 WATCH_MODES = ("auto", "side-input", "poll")
 #: ``--runtime`` choices.
-RUNTIMES = ("tensorflow", "null")
+RUNTIMES = ("tensorflow", "onnx", "null")
 #: Prefix of the probe file that proves ``--output`` is writable (deleted at once).
 _PROBE = "._stampflow_write_check_"
 _DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
@@ -275,8 +277,8 @@ class RunOptions:
     progress, verbose
         Print progress lines; show library logs.
     runtime
-        ``tensorflow`` (the model) or ``null`` (fixed probabilities, no TensorFlow: for measuring
-        everything but inference).
+        ``tensorflow`` (the SavedModel), ``onnx`` (its ``model.onnx`` with onnxruntime) or
+        ``null`` (fixed probabilities, no TensorFlow: for measuring everything but inference).
     device
         ``cpu`` or ``gpu``, resolved from ``--device auto``: picks the inference batch sizes
         (:data:`model.handler.BATCH_BOUNDS`).
@@ -388,8 +390,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--runtime",
         choices=RUNTIMES,
         default="tensorflow",
-        help="run the model with TensorFlow (default), or 'null': fixed probabilities without "
-        "TensorFlow, to measure everything around the model (stampflow bench --null-model)",
+        help="run the model with TensorFlow (default); 'onnx': its ONNX export with onnxruntime "
+        "(MODEL/model.onnx, written by stampflow export-onnx; CUDA with onnxruntime-gpu); or "
+        "'null': fixed probabilities without TensorFlow, to measure everything around the model "
+        "(stampflow bench --null-model)",
     )
     parser.add_argument(
         "--device",
@@ -617,7 +621,18 @@ def resolve_device(choice: str, runner: str, beam_args: Sequence[str], runtime: 
         from model.handler import visible_gpus
 
         return "gpu" if visible_gpus() else "cpu"
+    if runtime == "onnx" and runner in LOCAL_RUNNERS:
+        from model.handler import CUDA_PROVIDER
+
+        # onnxruntime-gpu lists CUDA even without a card; the handler then logs a warning.
+        return "gpu" if CUDA_PROVIDER in _onnx_available_providers() else "cpu"
     return "cpu"
+
+
+def _onnx_available_providers() -> list[str]:
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
 
 
 def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> RunOptions:
@@ -635,6 +650,10 @@ def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> R
     watch = _watch(args, runner) if streaming else None
     if args.runtime == "null" and args.model_watch:
         raise OptionsError("--model-watch follows real models; --runtime null serves none")
+    if args.runtime == "onnx" and args.model_watch:
+        raise OptionsError(
+            "--model-watch is not supported with --runtime onnx yet; use --runtime tensorflow"
+        )
     if not streaming and args.model_watch:
         raise OptionsError("--model-watch follows new versions in a --streaming run only")
     bigquery = None
@@ -646,6 +665,10 @@ def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> R
             raise OptionsError("--input is required (or --streaming)")
         inputs = check_inputs(args.input)
     model = ModelInfo.read(args.model)
+    if args.runtime == "onnx":
+        problem = onnx_file_problem(model.directory, model.metadata)
+        if problem:
+            raise OptionsError(f"--runtime onnx: {problem}")
     output = None if streaming else check_output(args.output)
     return RunOptions(
         model=model,

@@ -57,6 +57,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -103,6 +104,7 @@ __all__ = [
     "run",
     "run_batch",
     "run_streaming",
+    "runtime_line",
     "start_streaming",
     "streaming_counts",
 ]
@@ -291,6 +293,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     opts = parse(argv)
     if not opts.verbose:
         quiet()
+    _announce(opts)
     if opts.is_streaming:
         return run_streaming(opts, test_pipeline)
     return run_batch(opts, test_pipeline)
@@ -301,6 +304,31 @@ def quiet() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in ("apache_beam", "absl", "tensorflow", "root"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Ours stay at WARNING: e.g. the ONNX handler's line when a GPU was asked for and not used.
+    logging.getLogger("model").setLevel(logging.WARNING)
+
+
+def runtime_line(opts: RunOptions) -> str | None:
+    """What runs the model, for the first line of a run; None for the default (TensorFlow).
+
+    For ``--runtime onnx``: the onnxruntime version, file and execution provider asked for
+    (workers log the one that actually runs, and warn when it is not the GPU asked for).
+    """
+    if opts.runtime != "onnx":
+        return None
+    import onnxruntime
+
+    from model.handler import ONNX_FILE, onnx_providers
+
+    path = FileSystems.join(opts.model.directory, ONNX_FILE)
+    provider = onnx_providers(opts.device)[0]
+    return f"onnxruntime {onnxruntime.__version__} runs {path} on {provider}"
+
+
+def _announce(opts: RunOptions) -> None:
+    line = runtime_line(opts)
+    if line:
+        print(f"stampflow run: {line}", file=sys.stderr, flush=True)
 
 
 def register(subparsers: Any, name: str) -> None:
@@ -318,6 +346,7 @@ def _main(args: Any) -> int:
     opts = from_namespace(args, args.beam_args)
     if not opts.verbose:
         quiet()
+    _announce(opts)
     summary = run_streaming(opts) if opts.is_streaming else run_batch(opts)
     print(format_summary(summary, opts.output))
     return 0

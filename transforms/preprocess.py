@@ -450,7 +450,9 @@ class ServingModel(tf.Module):
         The trained network (a Keras 3 functional model, or any callable taking a dict).
     transform_output_dir
         Directory written by :class:`FitTransform`; its graph and assets are copied into the
-        SavedModel on export, so the directory is not needed afterwards.
+        SavedModel on export, so the directory is not needed afterwards. Or a transform layer
+        itself, e.g. the ``tft_layer`` of a loaded serving model (:mod:`model.onnx_export`
+        rebuilds a model around it).
     n_features
         Length of the raw feature vector.
     input_map
@@ -460,14 +462,18 @@ class ServingModel(tf.Module):
     def __init__(
         self,
         model: Any,
-        transform_output_dir: str,
+        transform_output_dir: str | Any,
         n_features: int,
         input_map: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self._input_map = dict(input_map) if input_map is not None else model_input_map(model)
-        self.tft_layer = tft.TFTransformOutput(transform_output_dir).transform_features_layer()
+        if isinstance(transform_output_dir, str):
+            transform = tft.TFTransformOutput(transform_output_dir).transform_features_layer()
+        else:
+            transform = transform_output_dir
+        self.tft_layer = transform
         self.serve = tf.function(
             self._serve,
             input_signature=[
