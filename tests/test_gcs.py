@@ -141,7 +141,7 @@ def test_train_and_evaluate_to_and_from_gcs(uploaded, night, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     local = Path(local_copy(model))
     meta = json.loads((local / METADATA_FILE).read_text())
-    assert (meta["name"], meta["version"], meta["features"]) == ("gcs", "7", FEATURES_PRODUCTION)
+    assert (meta["name"], meta["version"], meta["features"]) == ("gcs", "7", list(FEATURES_PRODUCTION))
     assert (local / "saved_model.pb").is_file() and (local / "evaluation" / "report.json").is_file()
 
     report = f"{uploaded}/reports/trained"
@@ -159,7 +159,7 @@ def test_train_and_evaluate_to_and_from_gcs(uploaded, night, tmp_path, capsys):
 
 
 @needs_alerce
-def test_import_alerce_to_gcs_and_serve_it(uploaded, night, capsys):
+def test_import_alerce_to_gcs(uploaded, night, capsys):
     out = f"{uploaded}/models/alerce"
     code = main(["import-alerce", str(ALERCE / "best_model_so_far"), "--out", out])
     assert code == 0, capsys.readouterr().err
