@@ -66,6 +66,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import progress
 from pipeline.classify import ApplyRules, Classify, alert_meta
+from pipeline.dataflow import is_dry_run, write_job_request
 from pipeline.options import (
     DIRECT_RUNNERS,
     LOCAL_RUNNERS,
@@ -289,6 +290,8 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     opts = parse(argv)
     if not opts.verbose:
         quiet()
+    if is_dry_run(opts):  # a Dataflow job request, staged and written, not submitted
+        return write_job_request(opts)
     if opts.is_streaming:
         return run_streaming(opts, test_pipeline)
     return run_batch(opts, test_pipeline)
@@ -316,6 +319,10 @@ def _main(args: Any) -> int:
     opts = from_namespace(args, args.beam_args)
     if not opts.verbose:
         quiet()
+    if is_dry_run(opts):
+        request = write_job_request(opts)
+        print(f"Dataflow job {request['job_name']} staged, not submitted: {request['dry_run']}")
+        return 0
     summary = run_streaming(opts) if opts.is_streaming else run_batch(opts)
     print(format_summary(summary, opts.output))
     return 0

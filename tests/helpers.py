@@ -11,7 +11,8 @@
   per alert, sharing no code with ``transforms.features``/``preprocess``:
   :func:`reference_features_26`, :func:`reference_stamps`, :func:`raw_cube`,
   :func:`reference_inputs` (ALeRCE's preprocessing);
-- :func:`nan_equal` and :func:`export_random_model`.
+- :func:`nan_equal` and :func:`export_random_model`; :data:`GCS_BUCKET`, the ``gcs`` fixture's
+  bucket.
 
 Project modules (and astropy) are imported inside the functions, so importing this module from
 ``conftest.py`` stays cheap.
@@ -40,6 +41,7 @@ __all__ = [
     "ALERTS_DIR",
     "BAD",
     "DATA",
+    "GCS_BUCKET",
     "MINI_SCHEMA",
     "REAL",
     "ROOT",
@@ -72,6 +74,9 @@ needs_real = pytest.mark.skipif(
 needs_bad = pytest.mark.skipif(
     not BAD.is_dir(), reason=f"broken ZTF inputs not found at {BAD} (set STAMPFLOW_DATA)"
 )
+
+#: The bucket the ``gcs`` fixture (conftest.py) creates on its emulator.
+GCS_BUCKET = "night"
 
 ALERTS_DIR = REAL  # the name the feature tests use
 ALERCE = DATA / "alerce"

@@ -17,30 +17,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bench.emulators import EmulatorUnavailableError, GcsEmulator
 from model.handler import METADATA_FILE
-from model.remote import local_copy, upload_dir, use_emulator_credentials
+from model.remote import local_copy, upload_dir
 from pipeline.cli import main
 from pipeline.run_job import run
-from tests.helpers import ALERCE, export_random_model, needs_alerce
+from tests.helpers import ALERCE, GCS_BUCKET, export_random_model, needs_alerce
 from transforms.schema import FEATURES_PRODUCTION
 
-BUCKET = "night"
 NIGHT = "20180815"
-
-
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    """A GCS emulator with bucket ``night``; ``STORAGE_EMULATOR_HOST`` set for this module."""
-    try:
-        emulator = GcsEmulator.start(tmp_path_factory.mktemp("gcs") / "emulator.log")
-    except EmulatorUnavailableError as e:
-        pytest.skip(f"GCS emulator cannot start: {e}")
-    with emulator, pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STORAGE_EMULATOR_HOST", emulator.url)
-        use_emulator_credentials()
-        emulator.create_bucket(BUCKET)
-        yield emulator
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +47,9 @@ def model_dir(night, tmp_path_factory):
 @pytest.fixture(scope="module")
 def uploaded(gcs, night, model_dir):
     """The night and the model on the emulator: ``gs://night/in/...``, ``gs://night/models/v1``."""
-    upload_dir(str(night), f"gs://{BUCKET}/in")
-    upload_dir(str(model_dir), f"gs://{BUCKET}/models/v1", last=(METADATA_FILE,))
-    return f"gs://{BUCKET}"
+    upload_dir(str(night), f"gs://{GCS_BUCKET}/in")
+    upload_dir(str(model_dir), f"gs://{GCS_BUCKET}/models/v1", last=(METADATA_FILE,))
+    return f"gs://{GCS_BUCKET}"
 
 
 def _outputs(out: str) -> dict:
@@ -172,7 +156,7 @@ def test_import_alerce_to_gcs(uploaded, night, capsys):
 def test_upload_puts_metadata_last_and_local_copy_follows_new_uploads(gcs, model_dir, tmp_path):
     from apache_beam.io.filesystems import FileSystems
 
-    target = f"gs://{BUCKET}/order/v1"
+    target = f"gs://{GCS_BUCKET}/order/v1"
     upload_dir(str(model_dir), target, last=(METADATA_FILE,))
     listing = FileSystems.match([f"{target}/**"])[0].metadata_list
     newest = max(listing, key=lambda m: (m.last_updated_in_seconds, m.path.endswith(METADATA_FILE)))
