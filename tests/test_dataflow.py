@@ -184,3 +184,23 @@ def test_flex_template_parameters_parse_as_the_launcher_passes_them():
     )
     assert args.runner == "DataflowRunner"
     assert beam_args == ["--project=p", "--temp_location=gs://b/tmp"]
+
+
+def test_scheduler_body_uses_only_template_parameters_and_beam_options():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.flex_template import template_argv
+
+    body = json.loads((TEMPLATE / "scheduler_body.json").read_text())
+    given = body["launchParameter"]["parameters"]
+    declared = {
+        p["name"] for p in json.loads((TEMPLATE / "metadata.json").read_text())["parameters"]
+    }
+    beam = {k for k in given if k not in declared}
+    assert beam == {"sdk_container_image"}  # Beam's own option: the workers' image
+    options = PipelineOptions([f"--{k}={given[k]}" for k in beam]).get_all_options()
+    assert options["sdk_container_image"] == given["sdk_container_image"]
+    argv = template_argv([f"--{k}={v}" for k, v in given.items() if k in declared])
+    args, extra = _run_parser().parse_known_args(argv)
+    assert not extra and args.input[0].startswith("gs://BUCKET/ztf/ztf_public_2")
+    assert "{last_night}" not in args.output and args.quiet_progress
