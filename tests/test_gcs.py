@@ -11,6 +11,7 @@ package is not installed or cannot start.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -63,14 +64,23 @@ def _outputs(out: str) -> dict:
     return {"rows": rows, "dead": dead, "summary": summary, "files": local}
 
 
-def test_run_from_gcs_equals_run_from_disk(uploaded, night, model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def local_run(night, model_dir, tmp_path_factory):
+    """The same night run from local disk: the reference for the gs:// runs."""
+    out = tmp_path_factory.mktemp("gcs_local_run")
+    run(["--input", str(night / "archive" / f"ztf_public_{NIGHT}.tar.gz"),
+         str(night / "singles" / "*.avro"), "--output", str(out), "--model", str(model_dir),
+         "--quiet-progress"])  # fmt: skip
+    return out
+
+
+def test_run_from_gcs_equals_run_from_disk(uploaded, local_run):
     archive = f"ztf_public_{NIGHT}.tar.gz"
-    local_out = tmp_path / "local"
-    run(["--input", str(night / "archive" / archive), str(night / "singles" / "*.avro"),
-         "--output", str(local_out), "--model", str(model_dir)])  # fmt: skip
+    local_out = local_run
     gs_out = f"{uploaded}/out/{NIGHT}"
     summary = run(["--input", f"{uploaded}/in/archive/{archive}", f"{uploaded}/in/singles/*.avro",
-                   "--output", gs_out, "--model", f"{uploaded}/models/v1"])  # fmt: skip
+                   "--output", gs_out, "--model", f"{uploaded}/models/v1",
+                   "--quiet-progress"])  # fmt: skip
     assert summary["reconciled"]
     local, remote = _outputs(str(local_out)), _outputs(gs_out)
     assert remote["summary"]["records_in"] == 100
@@ -190,3 +200,61 @@ def test_watched_model_on_gcs_swaps_versions(uploaded, model_dir, night):
     assert [r.model_id for r in handler.run_inference([example], loaded)] == [
         f"{uploaded}/watch/v2"
     ]
+
+
+def test_model_watch_on_gcs_swaps_versions_in_a_streaming_run(
+    uploaded, night, model_dir, local_run, tmp_path, monkeypatch
+):
+    """``--model-watch 'gs://.../*/stampflow_model.json'`` (poll mode) on the Pub/Sub emulator:
+    rows before a new version is uploaded name v1, rows after it name v2, none are lost."""
+    from bench.emulators import PubSubEmulator, pubsub_missing_requirements
+    from bench.streaming import Collector, create_topics
+    from pipeline.options import parse
+    from pipeline.publish import publish
+    from pipeline.run_job import start_streaming
+    from tests.helpers import decoded_alerts
+
+    reason = pubsub_missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    rows_local = _outputs(str(local_run))["rows"]
+    singles = {a.candid for a in decoded_alerts(night / "singles")}
+    first = [r for r in rows_local if r["candid"] in singles]
+    then = [r for r in rows_local if r["candid"] not in singles]
+    assert first and then
+    interval_s = 1.0
+    with PubSubEmulator.start(tmp_path / "pubsub.log") as pubsub:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
+        from google.cloud import pubsub_v1
+
+        publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        topics = create_topics(publisher, subscriber, ("gcs_alerts", "gcs_rows"))
+        opts = parse([
+            "--streaming", "--input-subscription", topics["gcs_alerts"][1],
+            "--output-topic", topics["gcs_rows"][0], "--model", f"{uploaded}/models/v1",
+            "--model-watch", f"{uploaded}/live/*/{METADATA_FILE}",
+            "--model-watch-interval", str(interval_s), "--hold-seconds", "2", "--quiet-progress",
+        ])  # fmt: skip
+        assert opts.watch.mode == "poll"
+        rows = Collector(subscriber, topics["gcs_rows"][1])
+        result = start_streaming(opts)
+        try:
+            publish(topics["gcs_alerts"][0], [str(night / "singles")], publisher=publisher)
+            assert rows.wait_for(len(first), 120), f"{len(rows.messages)} of {len(first)} rows"
+            v2 = tmp_path / "v2"
+            shutil.copytree(model_dir, v2)
+            meta = json.loads((v2 / METADATA_FILE).read_text())
+            (v2 / METADATA_FILE).write_text(json.dumps({**meta, "version": "2.0.0"}))
+            upload_dir(str(v2), f"{uploaded}/live/v2", last=(METADATA_FILE,))
+            # The handler looks at the glob at most every interval: once one has passed since
+            # the last batch, the next batch is computed by the newest version.
+            time.sleep(interval_s + 0.5)
+            publish(topics["gcs_alerts"][0], [str(night / "archive")], publisher=publisher)
+            assert rows.wait_for(len(first) + len(then), 120), len(rows.messages)
+        finally:
+            result.cancel()
+            rows.stop()
+    got = {r["candid"]: r for _, r in rows.messages}
+    assert len(got) == len(rows.messages) == len(first) + len(then)
+    assert {got[r["candid"]]["model_version"] for r in first} == {"1.0.0"}
+    assert {got[r["candid"]]["model_version"] for r in then} == {"2.0.0"}
