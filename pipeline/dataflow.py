@@ -21,9 +21,16 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import TestOptions
 
-from pipeline.options import RunOptions
+from pipeline.options import OptionsError, RunOptions
 
-__all__ = ["JOB_REQUEST_FILE", "JobRequest", "is_dry_run", "job_request", "write_job_request"]
+__all__ = [
+    "JOB_REQUEST_FILE",
+    "JobRequest",
+    "is_dry_run",
+    "job_request",
+    "new_pipeline",
+    "write_job_request",
+]
 
 #: Where ``stampflow run --dry_run True`` writes the request, in ``--output``.
 JOB_REQUEST_FILE = "dataflow_job.json"
@@ -49,6 +56,22 @@ class JobRequest:
     transforms: tuple[str, ...]
     staged: tuple[str, ...]
     staging: str
+
+
+def new_pipeline(opts: RunOptions) -> beam.Pipeline:
+    """A pipeline with ``opts``' Beam options; Beam's refusal of them is a user's mistake.
+
+    Raises
+    ------
+    OptionsError
+        When Beam's validation refuses the options (``DataflowRunner`` without
+        ``--temp_location``, a project name that is no project id...), in one line.
+    """
+    try:
+        return beam.Pipeline(options=opts.pipeline_options())
+    except ValueError as e:  # "Pipeline has validations errors: \n<one line per error>"
+        why = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+        raise OptionsError(f"Beam options refused: {why or e}") from None
 
 
 def is_dry_run(opts: RunOptions) -> bool:
@@ -77,7 +100,7 @@ def job_request(opts: RunOptions) -> JobRequest:
 
     if not is_dry_run(opts):
         raise ValueError("job_request wants --runner DataflowRunner --dry_run True")
-    p = beam.Pipeline(options=opts.pipeline_options())
+    p = new_pipeline(opts)
     build(p, opts)
     job = p.run().job  # the dry run returns the translated job, nothing staged yet
     # What DataflowApplicationClient.create_job does before it submits: stage, describe.

@@ -66,7 +66,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import progress
 from pipeline.classify import ApplyRules, Classify, alert_meta
-from pipeline.dataflow import is_dry_run, write_job_request
+from pipeline.dataflow import is_dry_run, new_pipeline, write_job_request
 from pipeline.options import (
     DIRECT_RUNNERS,
     LOCAL_RUNNERS,
@@ -197,7 +197,7 @@ def run_batch(opts: RunOptions, test_pipeline: beam.Pipeline | None = None) -> d
     if opts.bigquery is not None:
         prepare_bigquery(opts.bigquery, staging=True)
     started = time.perf_counter()
-    p = test_pipeline or beam.Pipeline(options=opts.pipeline_options())
+    p = test_pipeline or new_pipeline(opts)
     build(p, opts)
     p.run().wait_until_finish()
     if opts.bigquery is not None:
@@ -224,7 +224,7 @@ def start_streaming(
         from pipeline.pubsub_pull import shorten_direct_runner_pulls
 
         shorten_direct_runner_pulls()
-    p = test_pipeline or beam.Pipeline(options=opts.pipeline_options())
+    p = test_pipeline or new_pipeline(opts)
     build(p, opts)
     return p.run()
 

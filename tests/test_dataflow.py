@@ -76,6 +76,20 @@ def test_job_request_names_our_stages_and_takes_the_gpu_options(staged_request):
     assert {"workflow.tar.gz", "pipeline.pb"} <= names, names
 
 
+def test_beam_refusing_the_dataflow_options_is_one_line_and_exit_2(staged_request, capsys):
+    from pipeline.cli import main
+
+    bucket = f"gs://{GCS_BUCKET}"
+    code = main([
+        "run", "--input", f"{bucket}/ztf/ztf_public_20240611.tar.gz", "--output", f"{bucket}/o",
+        "--model", f"{bucket}/models/stampflow-sim", "--runner", "DataflowRunner",
+        "--project", "My Project", "--region", "us-central1", "--temp_location", f"{bucket}/tmp",
+        "--dry_run", "True",
+    ])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Invalid Project ID (My Project)" in err[0], err
+
+
 def test_staged_package_installs_and_imports_like_on_a_worker(staged_request, tmp_path):
     sdist = next(p for p in staged_request["staged"] if p.endswith("/workflow.tar.gz"))
     local = Path(local_copy(sdist.rsplit("/", 1)[0]), "workflow.tar.gz")
