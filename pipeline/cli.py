@@ -111,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         needs_tf = False  # fixed probabilities: the point is to run without TensorFlow
     if needs_tf and "--verbose" not in argv:
         silence_tensorflow_startup()
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from model.remote import use_emulator_credentials
+
+        use_emulator_credentials()  # an emulator needs none: spare Beam's 30 s search for them
     parser = build_parser(argv)
     # Jobs that run a Beam pipeline accept Beam's own options (--runner, --project, ...) unparsed.
     args, extra = parser.parse_known_args(argv)

@@ -67,6 +67,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import progress
 from pipeline.classify import ApplyRules, Classify, alert_meta
+from pipeline.dataflow import is_dry_run, new_pipeline, write_job_request
 from pipeline.options import (
     DIRECT_RUNNERS,
     LOCAL_RUNNERS,
@@ -200,7 +201,7 @@ def run_batch(opts: RunOptions, test_pipeline: beam.Pipeline | None = None) -> d
     if opts.bigquery is not None:
         prepare_bigquery(opts.bigquery, staging=True)
     started = time.perf_counter()
-    p = test_pipeline or beam.Pipeline(options=opts.pipeline_options())
+    p = test_pipeline or new_pipeline(opts)
     build(p, opts)
     p.run().wait_until_finish()
     if opts.bigquery is not None:
@@ -227,7 +228,7 @@ def start_streaming(
         from pipeline.pubsub_pull import shorten_direct_runner_pulls
 
         shorten_direct_runner_pulls()
-    p = test_pipeline or beam.Pipeline(options=opts.pipeline_options())
+    p = test_pipeline or new_pipeline(opts)
     build(p, opts)
     return p.run()
 
@@ -293,6 +294,8 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     opts = parse(argv)
     if not opts.verbose:
         quiet()
+    if is_dry_run(opts):  # a Dataflow job request, staged and written, not submitted
+        return write_job_request(opts)
     _announce(opts)
     if opts.is_streaming:
         return run_streaming(opts, test_pipeline)
@@ -346,6 +349,10 @@ def _main(args: Any) -> int:
     opts = from_namespace(args, args.beam_args)
     if not opts.verbose:
         quiet()
+    if is_dry_run(opts):
+        request = write_job_request(opts)
+        print(f"Dataflow job {request['job_name']} staged, not submitted: {request['dry_run']}")
+        return 0
     _announce(opts)
     summary = run_streaming(opts) if opts.is_streaming else run_batch(opts)
     print(format_summary(summary, opts.output))

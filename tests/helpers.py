@@ -13,7 +13,8 @@
   :func:`reference_inputs` (ALeRCE's preprocessing);
 - the fuzzers' corpus and mutations: :func:`fuzz_seeds`, :func:`fuzz_settings`,
   :func:`byte_flips`, :func:`truncate`, :func:`flip_bytes`, :func:`splice`, :func:`with_cutouts`;
-- :func:`nan_equal` and :func:`export_random_model`.
+- :func:`nan_equal` and :func:`export_random_model`; :data:`GCS_BUCKET`, the ``gcs`` fixture's
+  bucket.
 
 Project modules (and astropy) are imported inside the functions, so importing this module from
 ``conftest.py`` stays cheap.
@@ -42,6 +43,7 @@ __all__ = [
     "ALERTS_DIR",
     "BAD",
     "DATA",
+    "GCS_BUCKET",
     "MINI_SCHEMA",
     "REAL",
     "ROOT",
@@ -81,6 +83,9 @@ needs_real = pytest.mark.skipif(
 needs_bad = pytest.mark.skipif(
     not BAD.is_dir(), reason=f"broken ZTF inputs not found at {BAD} (set STAMPFLOW_DATA)"
 )
+
+#: The bucket the ``gcs`` fixture (conftest.py) creates on its emulator.
+GCS_BUCKET = "night"
 
 ALERTS_DIR = REAL  # the name the feature tests use
 ALERCE = DATA / "alerce"

@@ -56,6 +56,23 @@ def is_glob(pattern: str) -> bool:
     return any(c in _GLOB_CHARS for c in pattern)
 
 
+def _is_remote_dir(path: str) -> bool:
+    """True for ``gs://b/night`` when it is no object but objects sit below ``gs://b/night/``.
+
+    Object stores have no directories; a name given without its trailing slash is one when it
+    names a prefix. Local paths answer False (``os.path.isdir`` decides those).
+    """
+    if FileSystems.get_scheme(path) in (None, "file"):
+        return False
+    try:
+        if FileSystems.exists(path):
+            return False
+        below = FileSystems.match([FileSystems.join(path, "**")], limits=[1])[0].metadata_list
+    except Exception:  # an unreadable bucket: expand_pattern's own listing reports it
+        return False
+    return bool(below)
+
+
 def expand_pattern(pattern: str) -> Iterator[str | ReadError]:
     """Expand one input argument into file paths.
 
@@ -70,7 +87,9 @@ def expand_pattern(pattern: str) -> Iterator[str | ReadError]:
     str or ReadError
         Paths in sorted order, or one ``no_match`` error when nothing matches.
     """
-    is_dir = pattern.endswith("/") or (not is_glob(pattern) and os.path.isdir(pattern))
+    is_dir = pattern.endswith("/") or (
+        not is_glob(pattern) and (os.path.isdir(pattern) or _is_remote_dir(pattern))
+    )
     query = FileSystems.join(pattern.rstrip("/"), "**") if is_dir else pattern
     try:
         metadata = FileSystems.match([query])[0].metadata_list
