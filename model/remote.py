@@ -28,6 +28,8 @@ from pathlib import Path
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.writable import check_output
+
 __all__ = [
     "check_remote_output",
     "is_remote",
@@ -55,13 +57,11 @@ def check_remote_output(directory: str, flag: str) -> None:
 
     Raises
     ------
-    pipeline.options.OptionsError
+    pipeline.errors.OptionsError
         With one line naming ``flag`` (printed by the command line, exit status 2). Local
         directories are left to the job, which creates them.
     """
     if is_remote(directory):
-        from pipeline.options import check_output
-
         check_output(directory, flag)
 
 

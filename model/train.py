@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.argtypes import positive_int
+from pipeline.argtypes import non_negative_int, positive_int
 from transforms.schema import CLASS_NAMES, FEATURES_ALERCE_26, FEATURES_PRODUCTION
 
 __all__ = [
@@ -789,7 +789,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-every", type=positive_int, default=10)
     parser.add_argument("--val-per-class", type=positive_int, default=100)
     parser.add_argument("--test-per-class", type=positive_int, default=100)
-    parser.add_argument("--max-steps", type=positive_int, default=None, help="iteration budget")
+    parser.add_argument(
+        "--max-steps", type=non_negative_int, default=None, help="iteration budget (0: export only)"
+    )
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-time budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="stampflow", help="model name recorded in outputs")

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["fraction", "non_negative_float", "positive_float", "positive_int", "power_of_two"]
+__all__ = [
+    "fraction",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "power_of_two",
+]
 
 
 def positive_int(text: str) -> int:
@@ -16,6 +23,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
     return value
 
 

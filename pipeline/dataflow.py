@@ -14,6 +14,7 @@ artifacts) and prints where.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +82,7 @@ def is_dry_run(opts: RunOptions) -> bool:
     )
 
 
-def job_request(opts: RunOptions) -> JobRequest:
+def job_request(opts: RunOptions, build: Callable[[beam.Pipeline, RunOptions], Any]) -> JobRequest:
     """Build the pipeline for ``opts``, stage it and describe the Dataflow job; submit nothing.
 
     Parameters
@@ -89,14 +90,15 @@ def job_request(opts: RunOptions) -> JobRequest:
     opts
         Options with ``runner == "DataflowRunner"`` and ``--dry_run True`` among the Beam
         arguments, plus what Dataflow needs (``--project``, ``--region``, ``--temp_location``).
+    build
+        Adds the job to a pipeline (:func:`pipeline.run_job.build`; passed in, so this module
+        does not import the job that imports it).
 
     Returns
     -------
     JobRequest
     """
     from apache_beam.runners.dataflow.internal.apiclient import DataflowApplicationClient
-
-    from pipeline.run_job import build
 
     if not is_dry_run(opts):
         raise ValueError("job_request wants --runner DataflowRunner --dry_run True")
@@ -116,7 +118,9 @@ def job_request(opts: RunOptions) -> JobRequest:
     return JobRequest(json.loads(job.json()), tuple(sorted(top)), paths, staging)
 
 
-def write_job_request(opts: RunOptions) -> dict[str, Any]:
+def write_job_request(
+    opts: RunOptions, build: Callable[[beam.Pipeline, RunOptions], Any]
+) -> dict[str, Any]:
     """``stampflow run --dry_run True``: stage, write the request to ``--output``, report it.
 
     Returns
@@ -124,7 +128,7 @@ def write_job_request(opts: RunOptions) -> dict[str, Any]:
     dict
         ``dry_run``: the request's path; ``job_name``, ``transforms``, ``staged``.
     """
-    request = job_request(opts)
+    request = job_request(opts, build)
     # A streaming job has no --output: the request goes beside the staged artifacts.
     where = opts.output or request.staging
     path = FileSystems.join(where, JOB_REQUEST_FILE)

@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import argparse
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from model.handler import METADATA_FILE, ModelDirError, onnx_file_problem, read_metadata
 from pipeline.argtypes import non_negative_float, positive_float, positive_int, power_of_two
-from pipeline.errors import UserError
+from pipeline.errors import OptionsError
+from pipeline.writable import check_output
 from transforms.schema import (
     DEFAULT_HOLD_S,
     DEFAULT_STATE_TTL_S,
@@ -87,12 +86,7 @@ WATCH_MODES = ("auto", "side-input", "poll")
 #: ``--runtime`` choices.
 RUNTIMES = ("tensorflow", "onnx", "null")
 #: Prefix of the probe file that proves ``--output`` is writable (deleted at once).
-_PROBE = "._stampflow_write_check_"
 _DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
-
-
-class OptionsError(UserError):
-    """A user's mistake in the flags: one line, printed without a traceback (exit status 2)."""
 
 
 # --- The typed options ----------------------------------------------------------------------------
@@ -524,36 +518,6 @@ def check_inputs(patterns: Sequence[str], flag: str = "--input") -> tuple[str, .
             why = first.reason.split(": ", 1)[-1] if first is not None else "nothing there"
             raise OptionsError(f"{flag}: {why}")
     return tuple(patterns)
-
-
-def check_output(output: str, flag: str = "--output") -> str:
-    """``--output`` must be a directory this process can write (local or any Beam filesystem).
-
-    A probe file is written and deleted, so an unwritable output is refused before the pipeline
-    runs rather than after it.
-
-    Raises
-    ------
-    OptionsError
-        When the output is an existing file or cannot be written.
-    """
-    if "://" not in output:
-        path = Path(output)
-        if path.exists() and not path.is_dir():
-            raise OptionsError(f"{flag} {output}: exists and is not a directory")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OptionsError(f"{flag} {output}: cannot create it ({e.strerror or e})") from None
-    probe = FileSystems.join(output, f"{_PROBE}{uuid.uuid4().hex[:8]}")
-    try:
-        with FileSystems.create(probe) as f:
-            f.write(b"")
-        FileSystems.delete([probe])
-    except Exception as e:  # any filesystem's refusal; the message is what the user needs
-        detail = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
-        raise OptionsError(f"{flag} {output}: not writable ({detail})") from None
-    return output
 
 
 def check_pubsub(flag: str, name: str | None, kind: str) -> str | None:

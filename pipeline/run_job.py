@@ -295,7 +295,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     if not opts.verbose:
         quiet()
     if is_dry_run(opts):  # a Dataflow job request, staged and written, not submitted
-        return write_job_request(opts)
+        return write_job_request(opts, build)
     _announce(opts)
     if opts.is_streaming:
         return run_streaming(opts, test_pipeline)
@@ -350,7 +350,7 @@ def _main(args: Any) -> int:
     if not opts.verbose:
         quiet()
     if is_dry_run(opts):
-        request = write_job_request(opts)
+        request = write_job_request(opts, build)
         print(f"Dataflow job {request['job_name']} staged, not submitted: {request['dry_run']}")
         return 0
     _announce(opts)
