@@ -170,22 +170,15 @@ def run_bench(
     result["scaling"] = runs
     e2e = next(r for r in runs if r["alerts"] == alerts)
     result["end_to_end"] = e2e
-    if null_model:
-        log(f"stampflow run --runtime null on {alerts} alerts, {workers} worker(s) ...")
-        out = Path(tempfile.mkdtemp(prefix="run-null-", dir=cache))
+    # The same night again without the model (the CPU side) and with its ONNX export.
+    for wanted, runtime in ((null_model, "null"), (onnx, "onnx")):
+        if not wanted:
+            continue
+        log(f"stampflow run --runtime {runtime} on {alerts} alerts, {workers} worker(s) ...")
+        out = Path(tempfile.mkdtemp(prefix=f"run-{runtime}-", dir=cache))
         try:
-            result["end_to_end_null"] = end_to_end.run_pipeline(
-                night, model_dir, out, workers, runtime="null"
-            )
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
-
-    if onnx:
-        log(f"stampflow run --runtime onnx on {alerts} alerts, {workers} worker(s) ...")
-        out = Path(tempfile.mkdtemp(prefix="run-onnx-", dir=cache))
-        try:
-            result["end_to_end_onnx"] = end_to_end.run_pipeline(
-                night, model_dir, out, workers, runtime="onnx"
+            result[f"end_to_end_{runtime}"] = end_to_end.run_pipeline(
+                night, model_dir, out, workers, runtime=runtime
             )
         finally:
             shutil.rmtree(out, ignore_errors=True)
