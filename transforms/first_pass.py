@@ -147,6 +147,19 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     raise _Bail
 
 
+def _block_count(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """Item count of the array or map block at ``pos`` (0: the end), and where its items start.
+
+    A negative count is followed by the block's size in bytes: fastavro reads it and ignores it,
+    decoding every item, and so does the scanner (a wrong size must not make it disagree).
+    """
+    count, pos = _varint(buf, pos, end)
+    if count < 0:
+        count = -count
+        _, pos = _varint(buf, pos, end)
+    return count, pos
+
+
 def _varint_end(buf: bytes, pos: int, end: int) -> int:
     """End of the varint at ``pos``, of any length (fastavro reads until a byte < 0x80)."""
     while pos < end:
@@ -454,14 +467,9 @@ class _Compiler:
 
             def skip(buf: bytes, pos: int, end: int) -> int:
                 while True:
-                    count, pos = _varint(buf, pos, end)
+                    count, pos = _block_count(buf, pos, end)
                     if count == 0:
                         return pos
-                    if count < 0:
-                        # fastavro reads the block size and ignores it, decoding every item;
-                        # so do we (a wrong size must not make us disagree with it).
-                        count = -count
-                        _, pos = _varint(buf, pos, end)
                     for _ in range(count):
                         m = match(buf, pos, end)
                         if m is None:
@@ -473,12 +481,9 @@ class _Compiler:
 
         def skip_items(buf: bytes, pos: int, end: int) -> int:
             while True:
-                count, pos = _varint(buf, pos, end)
+                count, pos = _block_count(buf, pos, end)
                 if count == 0:
                     return pos
-                if count < 0:
-                    count = -count
-                    _, pos = _varint(buf, pos, end)
                 if count > end - pos and item is _skip_nothing:
                     raise _Bail  # items of no bytes: leave absurd counts to fastavro
                 for _ in range(count):
@@ -491,12 +496,9 @@ class _Compiler:
 
         def skip(buf: bytes, pos: int, end: int) -> int:
             while True:
-                count, pos = _varint(buf, pos, end)
+                count, pos = _block_count(buf, pos, end)
                 if count == 0:
                     return pos
-                if count < 0:
-                    count = -count
-                    _, pos = _varint(buf, pos, end)
                 for _ in range(count):
                     pos = value(buf, _skip_string(buf, pos, end), end)
 
@@ -778,14 +780,9 @@ def _history_reader(c: _Compiler, node: Any) -> Callable[[bytes, int, int], tupl
                 return pos, _INF
         earliest = _INF
         while True:
-            count, pos = _varint(buf, pos, end)
+            count, pos = _block_count(buf, pos, end)
             if count == 0:
                 return pos, earliest
-            if count < 0:
-                # fastavro reads the block size and ignores it, decoding every entry; so do we
-                # (a wrong size must not make us disagree with it).
-                count = -count
-                _, pos = _varint(buf, pos, end)
             pos, earliest = entries(buf, pos, end, count, earliest)
 
     return read
