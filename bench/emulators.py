@@ -220,13 +220,21 @@ def bigquery_missing_requirements() -> str | None:
     str or None
         A message naming the missing PyPI requirements, suitable for ``pytest.skip``.
     """
-    missing = [
-        req
-        for mod, req in BIGQUERY_REQUIRED_MODULES.items()
-        if importlib.util.find_spec(mod) is None
-    ]
+    return _missing_requirements("BigQuery", BIGQUERY_REQUIRED_MODULES)
+
+
+def _missing_requirements(what: str, modules: dict[str, str]) -> str | None:
+    """``"<what> emulator not installed; pip install ..."`` for the absent modules, or None."""
+    missing = []
+    for mod, req in modules.items():
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except ModuleNotFoundError:  # a missing parent package (google.cloud)
+            found = False
+        if not found:
+            missing.append(req)
     if missing:
-        return "BigQuery emulator not installed; pip install " + " ".join(missing)
+        return f"{what} emulator not installed; pip install " + " ".join(missing)
     return None
 
 
@@ -436,17 +444,7 @@ class BigQueryEmulator(_ProcessGroupEmulator):
 # --- Cloud Storage --------------------------------------------------------------------------------
 def gcs_missing_requirements() -> str | None:
     """Why the GCS emulator cannot run here, or None (a message for ``pytest.skip``)."""
-    missing = []
-    for mod, req in GCS_REQUIRED_MODULES.items():
-        try:
-            found = importlib.util.find_spec(mod) is not None
-        except ModuleNotFoundError:  # a missing parent package (google.cloud)
-            found = False
-        if not found:
-            missing.append(req)
-    if missing:
-        return "GCS emulator not installed; pip install " + " ".join(missing)
-    return None
+    return _missing_requirements("GCS", GCS_REQUIRED_MODULES)
 
 
 @dataclass
