@@ -310,6 +310,17 @@ class RunOptions:
         """Reshuffle selected alerts over workers (distributed runners only)."""
         return self.runner not in LOCAL_RUNNERS
 
+    @property
+    def spread_files(self) -> bool:
+        """Reshuffle input files over workers: distributed runners, or local worker processes.
+
+        One local process gains nothing from it and pays a shuffle of every file name.
+        """
+        from apache_beam.options.pipeline_options import DirectOptions
+
+        workers = PipelineOptions(list(self.beam_args)).view_as(DirectOptions).direct_num_workers
+        return self.spread or (workers or 1) > 1
+
     def pipeline_options(self) -> PipelineOptions:
         """Beam's options for this run (the runner, streaming on or off, the pass-through flags)."""
         options = PipelineOptions(list(self.beam_args), runner=self.runner)

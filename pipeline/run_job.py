@@ -117,7 +117,7 @@ def _mode_stages(opts: RunOptions) -> dict[str, Any]:
     if s is None:
         return {
             # The first pass reads only what selection needs; the winners are decoded in full.
-            "read": ReadAlerts(opts.inputs, scan=True),
+            "read": ReadAlerts(opts.inputs, scan=True, spread=opts.spread_files),
             "select": SelectFirstDetections(opts.select, spread=opts.spread),
             "density": NightlySkyDensity(opts.nside),
             "outputs": WriteBatchOutputs(

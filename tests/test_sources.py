@@ -97,3 +97,25 @@ def test_zip_members(tmp_path):
 def test_unreadable_path(tmp_path):
     (item,) = read_path(str(tmp_path / "nope.avro"))
     assert isinstance(item, ReadError) and item.reason.startswith("unreadable")
+
+
+def test_reads_files_of_any_size_exactly(tmp_path, monkeypatch):
+    """Files are read by their size (never a 512 MB buffer), or in chunks when it is unknown."""
+    from transforms import sources
+
+    blob = bytes(range(256)) * 4099  # not a multiple of the chunk
+    path = tmp_path / "a.avro"
+    path.write_bytes(blob)
+    assert list(read_path(str(path))) == [(str(path), blob)]
+    monkeypatch.setattr(sources, "_READ_CHUNK", 1000)
+    unsized = io.BytesIO(blob)  # no fileno(): an object store's reader
+    assert sources._read_limited(unsized, "x") == blob
+    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", len(blob) - 1)
+    for fileobj in (io.BytesIO(blob), open(path, "rb")):  # noqa: SIM115
+        with fileobj:
+            try:
+                sources._read_limited(fileobj, "x")
+            except ValueError as e:
+                assert str(e).startswith("too_large: x exceeds")
+            else:
+                raise AssertionError("a file over the limit was read")

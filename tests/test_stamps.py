@@ -131,3 +131,53 @@ def test_decode_stamps_names_the_failing_kind():
     with pytest.raises(StampError) as info:
         decode_stamps({"science": good, "template": None, "difference": good})
     assert info.value.code == "null" and info.value.detail.startswith("template")
+
+
+def _zlib_only(data: bytes) -> tuple[str, object]:
+    """``inflate`` with ISA-L switched off: the zlib reference, outcome as (kind, value)."""
+    import transforms.stamps as stamps
+
+    fast, stamps._fast_decompressobj = stamps._fast_decompressobj, None
+    try:
+        return _outcome(data)
+    finally:
+        stamps._fast_decompressobj = fast
+
+
+def _outcome(data: bytes) -> tuple[str, object]:
+    from transforms.stamps import inflate
+
+    try:
+        return "ok", inflate(data)
+    except StampError as e:
+        return "error", str(e)
+
+
+def test_isal_inflate_equals_zlib_on_real_and_broken_streams(real):
+    """ISA-L (the fast path) and zlib give the same bytes, and the same reasons when broken."""
+    import random
+
+    import transforms.stamps as stamps
+
+    assert stamps._fast_decompressobj is not None, "isal is a pinned dependency"
+    rng = random.Random(15)
+    cutouts = [
+        alert.cutout_bytes(kind)
+        for source, data in real[:40]
+        for alert in iter_alerts(data, source)
+        for kind in STAMP_KINDS
+    ]
+    checked = broken = 0
+    for raw in filter(None, cutouts):
+        mutants = [raw, raw[: len(raw) // 2], raw[:-1], raw[:-4], raw + b"junk", raw + raw]
+        for lo in (0, len(raw) - 8):  # anywhere, and the CRC-32 / size trailer
+            for _ in range(4):
+                b = bytearray(raw)
+                b[rng.randrange(lo, len(b))] ^= 1 << rng.randrange(8)
+                mutants.append(bytes(b))
+        for m in mutants:
+            ours, reference = _outcome(m), _zlib_only(m)
+            assert ours == reference, (ours[0], reference)
+            checked += 1
+            broken += reference[0] == "error"
+    assert checked > 1000 and broken > checked // 4  # both paths really exercised

@@ -122,6 +122,9 @@ class ReadAlerts(beam.PTransform):
     scan
         Emit first-pass :class:`transforms.first_pass.Scanned` records instead of alerts (see
         :class:`DecodeAlerts`); :class:`transforms.selection.SelectFirstDetections` takes either.
+    spread
+        Reshuffle the matched files so that every worker reads some (distributed runners, local
+        worker processes); one local process reads them where they were matched.
 
     Returns
     -------
@@ -129,10 +132,11 @@ class ReadAlerts(beam.PTransform):
         ``{"alerts": PCollection[Alert | Scanned], "dead_letters": PCollection[dict]}``.
     """
 
-    def __init__(self, patterns: Iterable[str], scan: bool = False) -> None:
+    def __init__(self, patterns: Iterable[str], scan: bool = False, spread: bool = True) -> None:
         super().__init__()
         self.patterns = list(patterns)
         self.scan = scan
+        self.spread = spread
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         matched = (
@@ -140,11 +144,11 @@ class ReadAlerts(beam.PTransform):
             | "Patterns" >> beam.Create(self.patterns)
             | "Expand" >> beam.ParDo(ExpandInputs()).with_outputs(TAG_DEAD_LETTERS, main="paths")
         )
-        read = (
-            matched.paths
-            # Spread files over workers; matching happens on one.
-            | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadFiles()).with_outputs(TAG_DEAD_LETTERS, main="containers")
+        paths = matched.paths
+        if self.spread:  # matching happens on one worker
+            paths = paths | "Spread" >> beam.Reshuffle()
+        read = paths | "Read" >> beam.ParDo(ReadFiles()).with_outputs(
+            TAG_DEAD_LETTERS, main="containers"
         )
         decoded = read.containers | "Decode" >> beam.ParDo(DecodeAlerts(self.scan)).with_outputs(
             TAG_DEAD_LETTERS, main=TAG_ALERTS

@@ -105,11 +105,44 @@ def expand_pattern(pattern: str) -> Iterator[str | ReadError]:
     yield from paths
 
 
+#: Read size when a file's length is unknown (object stores' readers) [bytes].
+_READ_CHUNK = 1 << 20
+
+
 def _read_limited(fileobj: BinaryIO, what: str) -> bytes:
-    data = fileobj.read(MAX_MEMBER_BYTES + 1)
-    if len(data) > MAX_MEMBER_BYTES:
-        raise ValueError(f"too_large: {what} exceeds {MAX_MEMBER_BYTES} B")
-    return data
+    # ``read(MAX_MEMBER_BYTES + 1)`` would make CPython allocate the whole 512 MB buffer for
+    # every ~70 kB alert before shrinking it (≈ 30 µs a file, a sixth of a night's first pass):
+    # read the size the file has, or in chunks when it cannot tell.
+    try:
+        size = os.fstat(fileobj.fileno()).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        size = None
+    if size is not None and size <= MAX_MEMBER_BYTES:
+        data = fileobj.read(size + 1)  # + 1: a file that grew since is still read to its end
+        if len(data) <= size:
+            return data
+        rest = [data]
+    else:
+        rest = []
+    total = sum(map(len, rest))
+    while total <= MAX_MEMBER_BYTES:
+        chunk = fileobj.read(_READ_CHUNK)
+        if not chunk:
+            return b"".join(rest)
+        rest.append(chunk)
+        total += len(chunk)
+    raise ValueError(f"too_large: {what} exceeds {MAX_MEMBER_BYTES} B")
+
+
+def _open(path: str) -> BinaryIO:
+    """Open ``path`` for reading as it is (no transparent gunzip), any Beam filesystem.
+
+    Local paths skip ``FileSystems`` (its scheme lookup walks every registered filesystem
+    class on each call: a tenth of the cost of reading a ~70 kB alert).
+    """
+    if "://" not in path:
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def _iter_tar(path: str, fileobj: BinaryIO) -> Iterator[tuple[str, bytes] | ReadError]:
@@ -171,7 +204,7 @@ def read_path(path: str) -> Iterator[tuple[str, bytes] | ReadError]:
     try:
         # UNCOMPRESSED: FileSystems would otherwise gunzip ``.gz`` transparently, and tarfile
         # needs to see the gzip stream itself.
-        fileobj = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        fileobj = _open(path)
     except Exception as e:
         yield ReadError(path, f"unreadable: {type(e).__name__}: {e}")
         return
