@@ -141,7 +141,7 @@ def _open(path: str) -> BinaryIO:
     class on each call: a tenth of the cost of reading a ~70 kB alert).
     """
     if "://" not in path:
-        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        return open(path, "rb")  # the caller closes it
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 

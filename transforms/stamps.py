@@ -83,7 +83,7 @@ def inflate(data: bytes, limit: int = MAX_STAMP_BYTES) -> bytes:
             out = d.decompress(data, limit)
             if not d.unconsumed_tail and d.eof:
                 return out
-        except Exception:  # noqa: S110 - zlib below says exactly what is wrong, in its words
+        except Exception:  # zlib below says exactly what is wrong, in its words
             pass
     # The reference path, and every problem's reason (zlib's message), as before ISA-L.
     d = zlib.decompressobj(wbits=31)
