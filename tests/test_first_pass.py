@@ -29,14 +29,22 @@ from tests.helpers import (
     fuzz_settings,
     mini_container,
     mini_record,
+    nan_equal,
     needs_bad,
     splice,
     truncate,
     with_cutouts,
 )
 from transforms import first_pass
-from transforms.alerts import _read_header, _Reader, decode_alerts, encode_long
-from transforms.first_pass import Scanned, scan_alerts, scan_counts
+from transforms.alerts import (
+    AlertDecodeError,
+    _read_header,
+    _Reader,
+    decode_alerts,
+    encode_long,
+    iter_alerts,
+)
+from transforms.first_pass import Scanned, scan_alerts, scan_counts, slim_alerts
 from transforms.rules import history_skip_reason
 
 _ADDRESS = re.compile(r"0x[0-9a-f]+")  # fastavro's EOFError texts name the BytesIO's address
@@ -82,7 +90,30 @@ def _agree(data: bytes, source: str = "x", path: str = "") -> tuple[list[tuple],
     got_rows, got_error = _scanned(data, source, path)
     assert _same(got_rows, want_rows), (got_rows, want_rows)
     assert got_error == want_error
+    _slim_agrees(data, source, path)
     return got_rows, got_error
+
+
+def _decoded(alerts, source: str, path: str) -> tuple[list, str | None]:
+    out = []
+    try:
+        for a in alerts:
+            out.append(a)
+    except AlertDecodeError as e:
+        return out, _ADDRESS.sub("0x?", e.reason)
+    return out, None
+
+
+def _slim_agrees(data: bytes, source: str, path: str) -> None:
+    """The second pass's slim decoder: the full decode's ``.slim()``, record for record, and
+    the same error after the same records."""
+    full, full_error = _decoded((a.slim() for a in iter_alerts(data, source, path)), source, path)
+    slim, slim_error = _decoded(slim_alerts(data, source, path), source, path)
+    assert slim_error == full_error
+    assert len(slim) == len(full)
+    for a, b in zip(slim, full, strict=True):
+        assert (a.source, a.raw, a.path) == (b.source, b.raw, b.path)
+        assert nan_equal(a.record, b.record)
 
 
 def _delta(before: dict[str, int]) -> dict[str, int]:
@@ -103,6 +134,9 @@ def test_real_alerts_agree_and_take_the_fast_path(real):
     assert 0 < earlier < total  # both decisions occur
     # The comparison is only worth something if the fast path produced the rows.
     assert _delta(before) == {"fast": total, "exact": 0, "fallback": 0}
+    # ... and the slim decoder's own fast path, the alerts (not the full decode's fallback).
+    slim = [first_pass._slim_fast(data, source, "p") for source, data in real]
+    assert all(s is not None for s in slim) and sum(map(len, slim)) == total
 
 
 @needs_bad

@@ -31,16 +31,19 @@ that is not a flat record, ...) is scanned by ``decode_alerts`` itself.
 from __future__ import annotations
 
 import io
+import json
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import fastavro
 
 from transforms.alerts import (
+    _HISTORY_FIELDS,
     AVRO_MAGIC,
     SYNC_SIZE,
+    Alert,
     AlertDecodeError,
     _check_record,
     _decompress,
@@ -49,11 +52,12 @@ from transforms.alerts import (
     _Writer,
     _writer_for,
     decode_alerts,
+    iter_alerts,
 )
 from transforms.rules import history_skip_reason
 from transforms.schema import REQUIRED_ALERT_FIELDS, REQUIRED_CANDIDATE_FIELDS
 
-__all__ = ["Scanned", "scan_alerts", "scan_counts"]
+__all__ = ["Scanned", "scan_alerts", "scan_counts", "slim_alerts"]
 
 
 class Scanned(NamedTuple):
@@ -1064,3 +1068,146 @@ def scan_alerts(
     except AlertDecodeError as e:
         return out, e
     return out, None
+
+
+# --- slim decoding (the second pass) --------------------------------------------------------------
+class _SlimPlan:
+    """One writer schema, compiled to cut the history fields out of a record's bytes.
+
+    The winners of selection are decoded again without ``prv_candidates`` and ``fp_hists``
+    (:meth:`transforms.alerts.Alert.slim` drops them anyway): the bytes of those fields are
+    stepped over with the first pass's skippers and cut out, and what is left is exactly the
+    encoding of the record under a schema whose history fields are ``null`` (a null takes no
+    bytes), which fastavro decodes as usual.
+    """
+
+    __slots__ = ("parsed", "steps")
+
+    def __init__(self, schema_bytes: bytes, parsed: Any) -> None:
+        c = _Compiler(parsed)
+        top = c.resolve(parsed)
+        if not (isinstance(top, dict) and top["type"] in ("record", "error")):
+            raise _Unsupported("top level is not a record")
+        steps: list[tuple[bool, Skip]] = []
+        pending: list[Any] = []
+        for f in top["fields"]:
+            if f["name"] not in _HISTORY_FIELDS:
+                pending.append(f["type"])
+                continue
+            if pending:
+                steps.append((False, c.fields_skipper(pending)))
+                pending = []
+            steps.append((True, c.skipper(f["type"])))
+        if pending:
+            steps.append((False, c.fields_skipper(pending)))
+        if not any(history for history, _ in steps):
+            raise _Unsupported("no history fields to cut")
+        schema = json.loads(schema_bytes)
+        for f in schema["fields"]:
+            if f["name"] in _HISTORY_FIELDS:
+                f["type"] = "null"
+        # Raises when a named type defined inside a history field is used elsewhere: no plan.
+        self.parsed = fastavro.parse_schema(schema)
+        self.steps = tuple(steps)
+
+    def cut(self, buf: bytes, pos: int, end: int) -> tuple[int, bytes]:
+        """The record at ``pos``: (its end, its bytes without the history fields)."""
+        parts = []
+        keep = pos
+        for history, skip in self.steps:
+            start = pos
+            pos = skip(buf, pos, end)
+            if history:
+                parts.append(buf[keep:start])
+                keep = pos
+        parts.append(buf[keep:pos])
+        return pos, b"".join(parts)
+
+
+_SLIM_PLANS: dict[bytes, _SlimPlan | None] = {}
+
+
+def _slim_plan_for(schema_bytes: bytes, writer: _Writer) -> _SlimPlan | None:
+    """The slim plan for these exact schema bytes (None: decode in full), once per process."""
+    try:
+        return _SLIM_PLANS[schema_bytes]
+    except KeyError:
+        pass
+    try:
+        plan: _SlimPlan | None = _SlimPlan(schema_bytes, writer.parsed)
+    except Exception:  # _Unsupported or a shape the compiler does not handle: the full decode
+        plan = None
+    if len(_SLIM_PLANS) >= _MAX_PLANS:
+        _SLIM_PLANS.clear()
+    _SLIM_PLANS[schema_bytes] = plan
+    return plan
+
+
+def _slim_fast(data: bytes, source: str, path: str) -> list[Alert] | None:
+    """Every record of an uncompressed container, slim; None at the first thing it does not
+    vouch for (the caller then decodes the container in full, with its errors)."""
+    r = _Reader(memoryview(data))
+    meta, meta_bytes, sync = _header(r, data)
+    schema_bytes = meta.get("avro.schema")
+    if schema_bytes is None or meta.get("avro.codec", b"null") not in (b"null", b""):
+        return None
+    writer, _ = _writer_and_plan(schema_bytes, meta_bytes)
+    plan = None if writer.missing else _slim_plan_for(schema_bytes, writer)
+    if plan is None:
+        return None
+    out: list[Alert] = []
+    while r.pos < len(r.buf):
+        count = r.long()
+        size = r.long()
+        if count < 0 or size < 0:
+            return None
+        pos = r.pos
+        end = pos + size
+        r.take(size, "block")
+        if bytes(r.take(SYNC_SIZE, "block sync marker")) != sync:
+            return None
+        for _ in range(count):
+            pos, cut = plan.cut(data, pos, end)
+            bio = io.BytesIO(cut)
+            record = fastavro.schemaless_reader(bio, plan.parsed, None)
+            if bio.tell() != len(cut):
+                return None
+            _check_record(record, len(out))
+            slim = {k: v for k, v in record.items() if k not in _HISTORY_FIELDS}
+            out.append(Alert(record=slim, source=source, raw=b"", path=path))
+        if pos != end:
+            return None
+    return out
+
+
+def slim_alerts(data: bytes, source: str, path: str = "") -> Iterator[Alert]:
+    """``alert.slim()`` of every alert :func:`transforms.alerts.iter_alerts` decodes, without
+    decoding their histories.
+
+    Parameters
+    ----------
+    data, source, path
+        As for :func:`~transforms.alerts.iter_alerts`.
+
+    Yields
+    ------
+    Alert
+        Slim alerts (no ``prv_candidates``/``fp_hists``, ``raw`` empty), equal to the full
+        decode's ``.slim()``.
+
+    Raises
+    ------
+    AlertDecodeError
+        As ``iter_alerts``, after the same records: anything unusual in the container (a codec,
+        junk, truncation, a schema the planner does not compile) sends the whole container to
+        ``iter_alerts``.
+    """
+    try:
+        fast = _slim_fast(data, source, path)
+    except Exception:  # _Bail, AlertDecodeError, fastavro's errors: the full decode decides
+        fast = None
+    if fast is None:
+        for alert in iter_alerts(data, source, path):
+            yield alert.slim()
+        return
+    yield from fast
