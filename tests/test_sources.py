@@ -119,3 +119,23 @@ def test_reads_files_of_any_size_exactly(tmp_path, monkeypatch):
                 assert str(e).startswith("too_large: x exceeds")
             else:
                 raise AssertionError("a file over the limit was read")
+
+
+def test_local_directory_listing_equals_beams(tmp_path, monkeypatch):
+    """Directories are walked directly, listing exactly the strings Beam's match lists."""
+    import os
+
+    from apache_beam.io.filesystems import FileSystems
+
+    night = _write_night(tmp_path)
+    (night / "sub" / "deeper").mkdir()
+    (night / "sub" / "deeper" / "x.tar.gz").write_bytes(b"")
+    os.symlink(tmp_path / "gone.avro", night / "broken.avro")  # Beam skips it: so do we
+    os.symlink(night / "0.avro", night / "sub" / "link.avro")
+    monkeypatch.chdir(tmp_path)
+    for pattern in ("night", "night/", "./night", str(night), str(night) + "/", "night/sub"):
+        query = FileSystems.join(pattern.rstrip("/"), "**")
+        beams = sorted(m.path for m in FileSystems.match([query])[0].metadata_list)
+        wanted = [p for p in beams if p.endswith((".avro", ".tar.gz"))]
+        assert list(expand_pattern(pattern)) == wanted, pattern
+        assert len(wanted) >= 3 and not any("broken" in p for p in wanted)
