@@ -153,9 +153,11 @@ def run_bench(
 
     picked = sorted(random.Random(seed).sample(files, min(baseline_alerts, len(files))))
     log(f"baseline on {len(picked)} alert files ...")
+    end_to_end.warm_page_cache(picked)  # every side reads from memory (see warm_page_cache)
     base = baseline.baseline_rate(picked, model_dir)
     result["baseline"] = base
     log(f"ALeRCE-style batched peer on {len(picked)} alert files ...")
+    end_to_end.warm_page_cache(picked)
     result["batched_peer"] = baseline.batched_peer_rate(picked, model_dir)
 
     runs = []
@@ -348,7 +350,9 @@ def format_markdown(result: dict[str, Any]) -> str:
         f"End to end: `stampflow run`, {e2e['workers']} worker(s): {e2e['alerts_per_s']:,.0f} "
         f"alerts/s ({e2e['runtime_s']:.1f} s job time, {e2e['wall_s']:.1f} s wall with start-up), "
         f"peak RSS {e2e['peak_rss_mb']:,.0f} MB (process tree). Baseline on {base['alerts']:,} of "
-        f"the same alerts: {base['alerts_per_s']:,.0f} alerts/s. Ratio {result['ratio']:.1f}×.",
+        f"the same alerts: {base['alerts_per_s']:,.0f} alerts/s. Ratio {result['ratio']:.1f}×. "
+        "Every side reads its files from the page cache (read once just before; reading the "
+        f"night took {e2e.get('warm_cache_s', 0.0):.1f} s before this run).",
         f"ALeRCE-style batched peer (per-file fastavro, astropy stamps, features and inference "
         f"per batch of {result['batched_peer']['batch']}): "
         f"{result['batched_peer_alerts_per_s']:,.0f} alerts/s; ratio "
