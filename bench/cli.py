@@ -145,7 +145,10 @@ def run_bench(
             )
 
     if device:
-        result["device"] = measure_device(model_dir, fit_alerts, seconds, log)
+        real_alerts = None
+        if real_dir is not None and Path(real_dir).is_dir():
+            real_alerts = [a for c in load(str(real_dir)) for a in decode_alerts(c, "real")[0]]
+        result["device"] = measure_device(model_dir, fit_alerts, seconds, log, real_alerts)
     if onnx:
         log("onnxruntime vs TensorFlow inference, batch 1, 64, 256 ...")
         alerts_sub = [a for c in subset for a in decode_alerts(c, "bench")[0]]
@@ -217,21 +220,43 @@ def run_bench(
     return result
 
 
-def measure_device(model_dir: Path, alerts: list, seconds: float, log=print) -> dict[str, Any]:
-    """Inference on the device TensorFlow sees: alerts/s per batch size, plain and with XLA.
+def measure_device(
+    model_dir: Path, alerts: list, seconds: float, log=print, real_alerts: list | None = None
+) -> dict[str, Any]:
+    """Inference on the device TensorFlow sees: alerts/s per batch size, plain, with XLA and
+    in mixed precision, and how far the last two move the probabilities.
+
+    Parameters
+    ----------
+    model_dir
+        The benchmark model (random weights: speed).
+    alerts
+        Alerts to run it on.
+    seconds
+        Minimum time per measurement.
+    log
+        Progress printer.
+    real_alerts
+        Real alerts: mixed precision's parity is also measured on them with the shipped model
+        (trained weights, the probabilities users see); None: not measured.
 
     Returns
     -------
     dict
-        ``gpus`` (names; empty: none seen), ``device`` (``gpu``/``cpu``), ``batches``,
-        ``inference`` and ``inference_xla`` (``{batch: alerts/s}``), ``xla_max_abs_diff``
-        (largest probability difference between the two on the benchmark alerts).
+        ``gpus`` (names; empty: none seen), ``device`` (``gpu``/``cpu``), ``cpu_flags`` (the
+        bfloat16/float16 units the CPU has), ``batches``, ``inference``, ``inference_xla`` and
+        ``inference_mixed`` (``{batch: alerts/s}``), ``xla_max_abs_diff`` and
+        ``mixed_max_abs_diff`` (largest probability difference from the plain graph on the
+        benchmark alerts), ``mixed_policy``, and with ``real_alerts`` ``mixed_real`` (the
+        shipped model on them: ``alerts``, ``max_abs_diff``, ``class_agreement``).
     """
     import numpy as np
 
     from bench import stages
     from bench.serving import load_serving
     from model.handler import BATCH_BOUNDS, visible_gpus
+    from model.rebuild import mixed_policy
+    from pipeline.options import DEFAULT_MODEL
 
     gpus = visible_gpus()
     kind = "gpu" if gpus else "cpu"
@@ -240,17 +265,46 @@ def measure_device(model_dir: Path, alerts: list, seconds: float, log=print) -> 
     features, stamps = stages.examples_of(alerts)
     plain = stages.inference_rates(model_dir, features, stamps, batches, seconds)
     xla = stages.inference_rates(model_dir, features, stamps, batches, seconds, jit_compile=True)
-    diff = np.abs(
-        load_serving(model_dir)(features, stamps) - load_serving(model_dir, True)(features, stamps)
+    log(f"mixed precision ({mixed_policy(kind)}) ...")
+    mixed = stages.inference_rates(
+        model_dir, features, stamps, batches, seconds, mixed_precision=True
     )
-    return {
+    reference = load_serving(model_dir)(features, stamps)
+    diff = np.abs(reference - load_serving(model_dir, True)(features, stamps))
+    mixed_diff = np.abs(reference - load_serving(model_dir, mixed_precision=True)(features, stamps))
+    out = {
         "gpus": gpus,
         "device": kind,
+        "cpu_flags": cpu_half_precision_flags(),
         "batches": list(batches),
         "inference": plain,
         "inference_xla": xla,
+        "inference_mixed": mixed,
         "xla_max_abs_diff": float(diff.max()),
+        "mixed_policy": mixed_policy(kind),
+        "mixed_max_abs_diff": float(mixed_diff.max()),
     }
+    if real_alerts:
+        f, s = stages.examples_of(real_alerts)
+        p32 = load_serving(DEFAULT_MODEL)(f, s)
+        p16 = load_serving(DEFAULT_MODEL, mixed_precision=True)(f, s)
+        out["mixed_real"] = {
+            "alerts": len(f),
+            "max_abs_diff": float(np.abs(p32 - p16).max()),
+            "class_agreement": float((p32.argmax(1) == p16.argmax(1)).mean()),
+        }
+    return out
+
+
+def cpu_half_precision_flags() -> list[str]:
+    """The CPU's bfloat16 / float16 capabilities (``/proc/cpuinfo`` flags), empty if none."""
+    wanted = ("avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [w for w in wanted if w in flags]
 
 
 def stage_table(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -363,14 +417,29 @@ def format_markdown(result: dict[str, Any]) -> str:
         seen = ", ".join(dev["gpus"]) if dev["gpus"] else "no GPU: CPU only"
         lines += [
             "",
-            f"Device: TensorFlow sees {seen}. XLA (`--jit-compile`) changes probabilities by at "
-            f"most {dev['xla_max_abs_diff']:.1e}.",
+            f"Device: TensorFlow sees {seen}; CPU half-precision units: "
+            f"{', '.join(dev['cpu_flags']) or 'none'}. XLA (`--jit-compile`) changes "
+            f"probabilities by at most {dev['xla_max_abs_diff']:.1e}; mixed precision "
+            f"(`--mixed-precision`, {dev['mixed_policy']}) by at most "
+            f"{dev['mixed_max_abs_diff']:.1e} on the benchmark model.",
+        ]
+        real = dev.get("mixed_real")
+        if real:
+            lines.append(
+                f"Mixed precision with the shipped model on {real['alerts']} real alerts: "
+                f"probabilities within {real['max_abs_diff']:.1e}, the same class for "
+                f"{real['class_agreement']:.1%} of them."
+            )
+        lines += [
             "",
-            "| batch | plain [alerts/s] | XLA [alerts/s] |",
-            "|---:|---:|---:|",
+            "| batch | plain [alerts/s] | XLA [alerts/s] | mixed precision [alerts/s] |",
+            "|---:|---:|---:|---:|",
         ]
         for b in dev["batches"]:
-            lines.append(f"| {b} | {dev['inference'][b]:,.0f} | {dev['inference_xla'][b]:,.0f} |")
+            lines.append(
+                f"| {b} | {dev['inference'][b]:,.0f} | {dev['inference_xla'][b]:,.0f} "
+                f"| {dev['inference_mixed'][b]:,.0f} |"
+            )
     onnx = result.get("onnx")
     if onnx:
         lines += [

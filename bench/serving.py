@@ -16,7 +16,10 @@ __all__ = ["load_serving"]
 
 
 def load_serving(
-    model_dir: str | Path, jit_compile: bool = False, runtime: str = "tensorflow"
+    model_dir: str | Path,
+    jit_compile: bool = False,
+    runtime: str = "tensorflow",
+    mixed_precision: bool = False,
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """The SavedModel's ``serving_default`` signature as ``predict(features, stamps) -> probs``.
 
@@ -32,6 +35,9 @@ def load_serving(
     runtime
         ``"tensorflow"`` (the SavedModel) or ``"onnx"`` (its ``model.onnx`` on the CPU, loaded as
         ``stampflow run --runtime onnx`` loads it: :class:`model.handler.OnnxModel`).
+    mixed_precision
+        The network computing in bfloat16 (CPU) or float16 (GPU), as ``stampflow run
+        --mixed-precision`` serves it.
 
     Returns
     -------
@@ -45,11 +51,16 @@ def load_serving(
         return OnnxModel(str(model_dir))
     import tensorflow as tf  # only when a model is loaded: importing bench stays cheap
 
-    from model.handler import StampClassifierHandler, serving_function
+    from model.handler import StampClassifierHandler, serving_function, visible_gpus
     from transforms.schema import RAW_FEATURES_KEY, RAW_STAMPS_KEY, SERVING_OUTPUT_KEY
 
     # Keep the loaded object: the serving function refers to the variables it owns.
-    model = StampClassifierHandler(str(model_dir), jit_compile=jit_compile).load_model()
+    model = StampClassifierHandler(
+        str(model_dir),
+        device="gpu" if visible_gpus() else "cpu",
+        jit_compile=jit_compile,
+        mixed_precision=mixed_precision,
+    ).load_model()
     signature = serving_function(model)
 
     def predict(features: np.ndarray, stamps: np.ndarray, _model=model) -> np.ndarray:

@@ -254,6 +254,7 @@ def inference_rates(
     seconds: float = 2.0,
     jit_compile: bool = False,
     runtime: str = "tensorflow",
+    mixed_precision: bool = False,
 ) -> dict[int, float]:
     """alerts/s through the serving signature at each batch size (best of three passes).
 
@@ -271,13 +272,15 @@ def inference_rates(
         Measure the XLA-compiled serving function instead.
     runtime
         ``"tensorflow"`` or ``"onnx"`` (the model's ``model.onnx`` with onnxruntime).
+    mixed_precision
+        Measure the mixed-precision network (``stampflow run --mixed-precision``) instead.
 
     Returns
     -------
     dict
         ``{batch size: alerts/s}``.
     """
-    predict = load_serving(model_dir, jit_compile, runtime)
+    predict = load_serving(model_dir, jit_compile, runtime, mixed_precision)
     reps = -(-max(batches) // len(features))
     features = np.tile(features, (reps, 1))
     stamps = np.tile(stamps, (reps, 1, 1, 1))

@@ -13,12 +13,13 @@ class order, crop, training description, metrics), readable without TensorFlow.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,17 +172,27 @@ class WatchedModel:
         The version to serve until the glob matches something.
     interval_s
         Seconds between looks at the glob.
+    load
+        Loads one version (the handler's options: XLA, mixed precision); the plain SavedModel
+        by default.
     """
 
-    def __init__(self, pattern: str, model_dir: str, interval_s: float) -> None:
+    def __init__(
+        self,
+        pattern: str,
+        model_dir: str,
+        interval_s: float,
+        load: Callable[[str], Any] | None = None,
+    ) -> None:
         self.pattern, self.interval_s = pattern, interval_s
+        self._load = load or _load
         self.features = read_metadata(model_dir)["features"]
         self._rejected: set[str] = set()
         self._lock = threading.Lock()
         self._current: tuple[Any, str] | None = None
         self._swap()
         if self._current is None:  # no usable version matches yet: serve --model
-            self._current = (_load(model_dir), model_dir)
+            self._current = (self._load(model_dir), model_dir)
         self._next_check = time.monotonic() + interval_s
 
     def _swap(self) -> None:
@@ -202,7 +213,7 @@ class WatchedModel:
         try:
             if read_metadata(model_dir)["features"] != self.features:
                 raise ModelDirError("its features differ from the running model's")
-            loaded = (_load(model_dir), model_dir)
+            loaded = (self._load(model_dir), model_dir)
         except Exception as e:  # a bad or half-copied version: keep serving the old one
             log.warning("model watch: skipping %s: %s", model_dir, e)
             self._rejected.add(model_dir)
@@ -221,7 +232,9 @@ class WatchedModel:
         return self._current
 
 
-def _load(model_dir: str, jit_compile: bool = False) -> Any:
+def _load(
+    model_dir: str, jit_compile: bool = False, mixed_precision: bool = False, device: str = "cpu"
+) -> Any:
     import tensorflow as tf
 
     from model.remote import local_copy
@@ -229,15 +242,58 @@ def _load(model_dir: str, jit_compile: bool = False) -> Any:
     _grow_gpu_memory()
     # A gs:// model is copied down through Beam's FileSystems first: TensorFlow's own GCS reader
     # is a second code path to authenticate on a worker and ignores STORAGE_EMULATOR_HOST.
-    model = tf.saved_model.load(local_copy(model_dir))
+    local = local_copy(model_dir)
+    model = tf.saved_model.load(local)
+    serve = model.signatures["serving_default"]
+    if mixed_precision:
+        serve = _mixed_serve(model, local, device) or serve
     if jit_compile:
         # XLA over the whole serving function (transform + four rotations + softmax).
-        model.stampflow_serve = tf.function(model.signatures["serving_default"], jit_compile=True)
+        serve = tf.function(serve, jit_compile=True)
+    if jit_compile or mixed_precision:
+        model.stampflow_serve = serve
     return model
 
 
+def _mixed_serve(model: Any, local: str, device: str) -> Any:
+    """The mixed-precision serving function, or None (logged) where this machine cannot run it.
+
+    The same weights in a network computing in float16 (GPU) or bfloat16 (CPU); the module is
+    kept on the model, its serving function refers to the variables it owns. A CPU without
+    bfloat16 support (oneDNN on AVX2 refuses bfloat16 convolutions) would fail every batch: one
+    probe example decides before any alert is served, and float32 is served instead.
+    """
+    import tensorflow as tf
+
+    from model.rebuild import mixed_policy, rebuild_serving_model
+
+    meta = read_metadata(local)
+    policy = mixed_policy(device)
+    try:
+        model.stampflow_mixed = rebuild_serving_model(local, meta, policy, loaded=model)
+        serve = model.stampflow_mixed.serve
+        probe = serve(
+            **{
+                RAW_FEATURES_KEY: tf.zeros([1, len(meta["features"])], tf.float32),
+                RAW_STAMPS_KEY: tf.zeros([1, 63, 63, 3], tf.float32),
+            }
+        )[SERVING_OUTPUT_KEY].numpy()
+        if not np.all(np.isfinite(probe)):
+            raise ValueError("non-finite probabilities on the probe example")
+    except Exception as e:
+        logging.getLogger(__name__).warning(
+            "--mixed-precision: %s cannot run here (%s: %s); serving float32",
+            policy,
+            type(e).__name__,
+            str(e).strip().splitlines()[0] if str(e).strip() else "",
+        )
+        return None
+    return serve
+
+
 def serving_function(model: Any) -> Any:
-    """The loaded model's serving function (the XLA-compiled one with ``jit_compile``)."""
+    """The loaded model's serving function (XLA-compiled with ``jit_compile``, the mixed-precision
+    network with ``mixed_precision``)."""
     serve = getattr(model, "stampflow_serve", None)
     return serve if serve is not None else model.signatures["serving_default"]
 
@@ -269,6 +325,11 @@ class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
         when it sees one; GPU memory grows as needed instead of being taken whole.
     jit_compile
         Compile the serving function with XLA (``--jit-compile``).
+    mixed_precision
+        Serve the network rebuilt with a mixed dtype policy (``--mixed-precision``): float16
+        compute on a GPU, bfloat16 on a CPU (fast only where the CPU has bfloat16 units,
+        AVX512-BF16 / AMX), float32 weights, transform and softmax. Probabilities move by up to
+        a few 1e-3 (``stampflow bench --device`` reports it); off by default.
 
     Notes
     -----
@@ -284,9 +345,11 @@ class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
         max_batch_size: int | None = None,
         device: str = "cpu",
         jit_compile: bool = False,
+        mixed_precision: bool = False,
     ) -> None:
         super().__init__()
         self.model_dir = model_dir
+        self.mixed_precision = mixed_precision
         low, high = BATCH_BOUNDS[device]
         self._batch = {
             "min_batch_size": min_batch_size or low,
@@ -299,7 +362,7 @@ class StampClassifierHandler(ModelHandler[Example, PredictionResult, Any]):
 
     def open_model(self) -> Any:
         """Load the model this handler runs (subclasses change the runtime here)."""
-        return _load(self.model_dir, self.jit_compile)
+        return _load(self.model_dir, self.jit_compile, self.mixed_precision, self.device)
 
     def predict(self, model: Any, features: np.ndarray, stamps: np.ndarray) -> np.ndarray:
         """Probabilities ``[N, 5]`` for raw ``features`` ``[N, F]``, ``stamps`` ``[N, 63, 63, 3]``.
@@ -388,7 +451,13 @@ class PollingHandler(StampClassifierHandler):
         self.pattern, self.interval_s = pattern, interval_s
 
     def load_model(self) -> WatchedModel:
-        return WatchedModel(self.pattern, self.model_dir, self.interval_s)
+        load = functools.partial(
+            _load,
+            jit_compile=self.jit_compile,
+            mixed_precision=self.mixed_precision,
+            device=self.device,
+        )
+        return WatchedModel(self.pattern, self.model_dir, self.interval_s, load)
 
     def run_inference(
         self, batch: Sequence[Example], model: Any, inference_args: dict | None = None

@@ -128,13 +128,19 @@ class CyclicAveragePool(keras.layers.Layer):
         return (None if n is None else n // 4, *input_shape[1:])
 
 
-def build_network(config: NetworkConfig | None = None) -> keras.Model:
+def build_network(
+    config: NetworkConfig | None = None, dtype_policy: str | None = None
+) -> keras.Model:
     """Build the classifier.
 
     Parameters
     ----------
     config
         Architecture; defaults to ALeRCE production (kernel 5, crop 21, 23 features).
+    dtype_policy
+        Keras dtype policy of the layers (``mixed_float16``, ``mixed_bfloat16``: float32
+        weights, half-precision compute); None: Keras's global policy (float32). The softmax is
+        float32 whatever the policy, so probabilities sum to 1 in float32.
 
     Returns
     -------
@@ -144,6 +150,13 @@ def build_network(config: NetworkConfig | None = None) -> keras.Model:
         :data:`transforms.schema.CLASS_NAMES` order.
     """
     cfg = config or NetworkConfig()
+    if dtype_policy is not None:
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(dtype_policy)
+        try:
+            return build_network(config)
+        finally:
+            keras.config.set_dtype_policy(previous)
     names = LAYER_NAMES if cfg.n_features else LAYER_NAMES_IMAGES_ONLY
     k = cfg.kernel_size
     stamps = keras.Input((cfg.crop, cfg.crop, 3), name="stamps")
@@ -176,7 +189,7 @@ def build_network(config: NetworkConfig | None = None) -> keras.Model:
         x = keras.layers.Dropout(cfg.dropout, name="dropout_2")(x)
         x = CyclicAveragePool(name="cyclic_pool")(x)
     logits = keras.layers.Dense(len(CLASS_NAMES), name=names["logits"])(x)
-    probs = keras.layers.Softmax(name="probabilities")(logits)
+    probs = keras.layers.Softmax(name="probabilities", dtype="float32")(logits)
     name = "stamp_classifier" if cfg.n_features else "stamp_classifier_images_only"
     return keras.Model(inputs, probs, name=name)
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from model.handler import METADATA_FILE, ONNX_FILE, read_metadata
+from model.rebuild import rebuild_serving_model
 from transforms.schema import CLASS_NAMES, RAW_FEATURES_KEY, RAW_STAMPS_KEY, SERVING_OUTPUT_KEY
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
     "DEFAULT_OPSET",
     "control_flow_nodes",
     "export_onnx",
-    "rebuild_serving_model",
     "register",
 ]
 
@@ -54,44 +54,6 @@ __all__ = [
 DEFAULT_OPSET = 17
 #: ONNX operators that are control flow, not plain dataflow.
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
-
-
-def rebuild_serving_model(model_dir: str) -> Any:
-    """The model directory's serving function with its network rebuilt from its variables.
-
-    Parameters
-    ----------
-    model_dir
-        A stampflow model directory (local).
-
-    Returns
-    -------
-    transforms.preprocess.ServingModel
-        ``serve(features, stamps) -> {"probabilities"}``: the SavedModel's own transform layer
-        and :func:`model.network.build_network` of its ``architecture`` holding its weights.
-
-    Raises
-    ------
-    ValueError
-        When a network weight has no variable of the same name in the SavedModel.
-    """
-    import tensorflow as tf
-
-    from model.network import NetworkConfig, build_network
-    from transforms.preprocess import ServingModel
-
-    meta = read_metadata(model_dir)
-    loaded = tf.saved_model.load(model_dir)
-    saved = {
-        v.name.split(":")[0]: v for v in loaded.signatures["serving_default"].variables
-    }  # layer-scoped names (conv_1_1/kernel, ...), the same in every export
-    net = build_network(NetworkConfig(**meta["architecture"]))
-    missing = [w.path for w in net.weights if w.path not in saved]
-    if missing:
-        raise ValueError(f"{model_dir}: the SavedModel has no variables {missing}")
-    for weight in net.weights:
-        weight.assign(saved[weight.path].numpy())
-    return ServingModel(net, loaded.tft_layer, len(meta["features"]))
 
 
 def control_flow_nodes(model: Any) -> list[str]:
@@ -168,7 +130,7 @@ def export_onnx(model_dir: str, out: str | None = None, opset: int = DEFAULT_OPS
     )
 
     meta = read_metadata(model_dir)
-    serving = rebuild_serving_model(model_dir)
+    serving = rebuild_serving_model(model_dir, meta)
     concrete = serving.serve.get_concrete_function()
     # Variables and the transform's captured statistics become constants (see module docstring).
     frozen = convert_variables_to_constants_v2(concrete)

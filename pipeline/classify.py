@@ -175,8 +175,9 @@ class Classify(beam.PTransform):
     runtime
         ``tensorflow``, ``onnx`` (:class:`model.handler.OnnxHandler`: the model's ONNX export
         with onnxruntime) or ``null`` (:class:`model.handler.NullHandler`: fixed probabilities).
-    device, jit_compile
-        Batch sizes for ``cpu`` or ``gpu``; XLA (see :class:`model.handler.StampClassifierHandler`).
+    device, jit_compile, mixed_precision
+        Batch sizes for ``cpu`` or ``gpu``; XLA; half-precision compute (see
+        :class:`model.handler.StampClassifierHandler`).
     """
 
     def __init__(
@@ -187,11 +188,14 @@ class Classify(beam.PTransform):
         runtime: str = "tensorflow",
         device: str = "cpu",
         jit_compile: bool = False,
+        mixed_precision: bool = False,
     ) -> None:
         super().__init__()
         self.model, self.watch, self.known_sso_around = model, watch, known_sso_around
         self.runtime = runtime
         self.handler_args = {"device": device, "jit_compile": jit_compile}
+        if mixed_precision:
+            self.handler_args["mixed_precision"] = True
 
     def expand(self, examples: beam.PCollection) -> dict[str, beam.PCollection]:
         if self.known_sso_around:

@@ -160,6 +160,7 @@ def build(p: beam.Pipeline, opts: RunOptions) -> dict[str, beam.PCollection]:
         runtime=opts.runtime,
         device=opts.device,
         jit_compile=opts.jit_compile,
+        mixed_precision=opts.mixed_precision,
     )
     rows = classified[TAG_CLASSIFIED] | "ApplyRules" >> ApplyRules(opts.rules, opts.model)
     density = rows | "SkyDensity" >> stage["density"]

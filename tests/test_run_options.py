@@ -97,6 +97,10 @@ def test_streaming_options_resolve_runner_watch_and_one_hold_default(tmp_path):
             "Invalid PubSub project name: 'x'",
         ),
         ([*STREAM, "--model-watch", "m/*", "--model-watch-mode", "side-input"], "poll"),
+        (
+            ["--input", "{night}", "--runtime", "null", "--mixed-precision"],
+            "--mixed-precision applies to --runtime tensorflow, not null",
+        ),
         ([*STREAM, "--sn-page-dir", "/proc/stampflow-pages"], "--sn-page-dir /proc/stampflow"),
     ],
 )
@@ -183,6 +187,8 @@ def test_device_decides_the_inference_batch_sizes(night, tmp_path):
     assert parse([*gpu_job, accel]).device == "gpu"
     assert parse(gpu_job).device == "cpu"
     assert parse([*base, "--device", "gpu", "--jit-compile"]).jit_compile
+    assert parse([*base, "--mixed-precision"]).mixed_precision
+    assert not parse(base).mixed_precision
     for device, (low, high) in BATCH_BOUNDS.items():
         kwargs = StampClassifierHandler("m", device=device).batch_elements_kwargs()
         assert kwargs == {"min_batch_size": low, "max_batch_size": high}
