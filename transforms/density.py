@@ -213,6 +213,8 @@ def plot_sky_map(rows: list[Mapping[str, Any]], nside: int, path: str, title: st
         transform=ax.transAxes,
     )
     fig.suptitle(title or "Predicted classes on the sky", fontsize=14)
-    fig.tight_layout()
+    # Fixed margins: tight_layout would draw the five Mollweide panels once more to measure
+    # them (~0.4 s of every run).
+    fig.subplots_adjust(left=0.035, right=0.985, top=0.93, bottom=0.02, wspace=0.15, hspace=0.12)
     fig.savefig(path, dpi=90)
     plt.close(fig)
