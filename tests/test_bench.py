@@ -163,3 +163,15 @@ def test_memory_sampling_sees_a_child_and_its_own_peak():
     finally:
         child.kill()
         child.wait()
+
+
+def test_decode_bench_reports_every_pass(real):
+    """``python -m bench.decode_bench``: full decode, first pass, second pass and stamps."""
+    from bench.decode_bench import format_table, measure
+
+    result = measure([data for _, data in real[:10]], repeat=1)
+    for key in ("containers_ours", "containers_fastavro", "containers_first_pass"):
+        assert result[key] > 0
+    assert result["containers_slim"] > 0 and result["slim_ratio"] > 0
+    assert result["stamps_ours"] > 0 and result["stamps_astropy"] > 0
+    assert "second pass (winners without history)" in format_table(result)
