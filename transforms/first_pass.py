@@ -875,20 +875,29 @@ class _Plan:
 _PLANS: dict[bytes, _Plan | None] = {}
 
 
-def _plan_for(schema_bytes: bytes, writer: _Writer) -> _Plan | None:
-    """The plan for these exact schema bytes (None: not plannable), compiled once per process."""
+def _compiled(cache: dict[bytes, Any], schema_bytes: bytes, compile: Callable[[], Any]) -> Any:
+    """``compile()`` for these exact schema bytes, once per process (None when it raises).
+
+    ``compile`` raises :class:`_Unsupported`, or anything a shape the compiler trips over
+    raises (RecursionError, ...): such odd but valid schemas are decoded exactly and slowly.
+    """
     try:
-        return _PLANS[schema_bytes]
+        return cache[schema_bytes]
     except KeyError:
         pass
     try:
-        plan: _Plan | None = _Plan(writer.parsed)
-    except Exception:  # _Unsupported, or a shape the compiler trips over (RecursionError, ...)
-        plan = None  # odd but valid schemas: decode_alerts scans them, exactly and slowly
-    if len(_PLANS) >= _MAX_PLANS:
-        _PLANS.clear()
-    _PLANS[schema_bytes] = plan
+        plan = compile()
+    except Exception:
+        plan = None
+    if len(cache) >= _MAX_PLANS:
+        cache.clear()
+    cache[schema_bytes] = plan
     return plan
+
+
+def _plan_for(schema_bytes: bytes, writer: _Writer) -> _Plan | None:
+    """The plan for these exact schema bytes (None: not plannable), compiled once per process."""
+    return _compiled(_PLANS, schema_bytes, lambda: _Plan(writer.parsed))
 
 
 #: The last header parsed: ``(magic + metadata bytes, metadata)``.
@@ -1129,18 +1138,7 @@ _SLIM_PLANS: dict[bytes, _SlimPlan | None] = {}
 
 def _slim_plan_for(schema_bytes: bytes, writer: _Writer) -> _SlimPlan | None:
     """The slim plan for these exact schema bytes (None: decode in full), once per process."""
-    try:
-        return _SLIM_PLANS[schema_bytes]
-    except KeyError:
-        pass
-    try:
-        plan: _SlimPlan | None = _SlimPlan(schema_bytes, writer.parsed)
-    except Exception:  # _Unsupported or a shape the compiler does not handle: the full decode
-        plan = None
-    if len(_SLIM_PLANS) >= _MAX_PLANS:
-        _SLIM_PLANS.clear()
-    _SLIM_PLANS[schema_bytes] = plan
-    return plan
+    return _compiled(_SLIM_PLANS, schema_bytes, lambda: _SlimPlan(schema_bytes, writer.parsed))
 
 
 def _slim_fast(data: bytes, source: str, path: str) -> list[Alert] | None:
