@@ -9,7 +9,7 @@ from pathlib import Path
 from setuptools import setup
 
 RUNTIME = [
-    "apache-beam[gcp]==2.77.0",
+    "apache-beam[gcp]==2.78.0",
     "tensorflow==2.21.0",
     "tensorflow-transform==1.21.0",
     "tfx-bsl==1.21.0",

@@ -97,21 +97,39 @@ def alert_meta(alert: Alert) -> dict[str, Any]:
     return meta
 
 
-def failed_batch_letters(failed: tuple[Sequence[Any], Exception]) -> Iterator[dict[str, Any]]:
+#: What ``with_exception_handling`` puts beside a failed element: the exception's class, its
+#: ``repr`` and the formatted traceback lines (Beam's ``core.ExceptionInfo``).
+ExceptionInfo = tuple[type, str, list[str]]
+
+
+def failure_reason(info: ExceptionInfo) -> str:
+    """``"ExceptionClass: message"`` from Beam's exception triple.
+
+    The message is read from the traceback's last line (``module.Class: message``), which holds
+    the exception's ``str``; without a traceback, its ``repr``.
+    """
+    exc_class, exc_repr, traceback_lines = info
+    last = traceback_lines[-1].strip() if traceback_lines else ""
+    message = last.partition(": ")[2] if ": " in last else exc_repr
+    return f"{exc_class.__name__}: {message}"
+
+
+def failed_batch_letters(
+    failed: tuple[list[tuple[dict[str, Any], dict[str, Any]]], ExceptionInfo],
+) -> Iterator[dict[str, Any]]:
     """One ``inference`` dead letter per example of a batch the model failed on.
 
-    Slim alerts' letters name their file (:data:`transforms.dead_letters.REREAD_PATH`); the
-    batch dead-letter sink reads their bytes back.
+    ``failed`` is an element of RunInference's ``failed_inferences``: the keyed batch and Beam's
+    exception triple (the class, not an exception object: Beam's dead-letter format; Beam 2.78
+    declares it, and an ``Exception`` hint no longer type-checks). Slim alerts' letters name their
+    file (:data:`transforms.dead_letters.REREAD_PATH`); the batch dead-letter sink reads their
+    bytes back.
     """
-    batch, error = failed
+    batch, info = failed
+    reason = f"model: {failure_reason(info)}"
     for meta, _ in batch:
         letter = dead_letter(
-            STAGE_INFERENCE,
-            f"model: {type(error).__name__}: {error}",
-            meta["source"],
-            meta["raw"],
-            meta["objectId"],
-            meta["candid"],
+            STAGE_INFERENCE, reason, meta["source"], meta["raw"], meta["objectId"], meta["candid"]
         )
         if not meta["raw"] and meta.get("path"):
             letter[REREAD_PATH] = meta["path"]

@@ -310,7 +310,7 @@ def light_curves(rows: Sequence[Mapping[str, Any]]) -> list[LightCurve | None]:
 
 
 def write_sn_candidates(
-    top: list[dict[str, Any]],
+    top: Sequence[Mapping[str, Any]],
     output: str,
     model: str,
     tns: TnsReporter = NO_TNS_REPORTER,
@@ -382,7 +382,9 @@ class _WriteWindowPage(beam.DoFn):
     def __init__(self, output: str, model: str, tns: TnsReporter) -> None:
         self.output, self.model, self.tns = output, model, tns
 
-    def process(self, top: list[dict[str, Any]], window=beam.DoFn.WindowParam) -> Iterator[int]:
+    def process(
+        self, top: Sequence[Mapping[str, Any]], window=beam.DoFn.WindowParam
+    ) -> Iterator[int]:
         start, end = window.start.to_utc_datetime(), window.end.to_utc_datetime()
         title = f"SN candidates, {start:%Y-%m-%d %H:%M} to {end:%H:%M} UTC"
         name = f"sn_candidates_{start:%Y%m%dT%H%M%SZ}"

@@ -69,7 +69,9 @@ def test_job_request_names_our_stages_and_takes_the_gpu_options(staged_request):
     assert env["workerPools"][0]["machineType"] == "n1-standard-4"
     assert {"use_runner_v2", "no_use_multiple_sdk_containers"} <= set(env["experiments"])
     image = env["workerPools"][0]["workerHarnessContainerImage"]
-    assert image.endswith("beam_python3.11_sdk:2.77.0"), image
+    from apache_beam.version import __version__ as beam_version
+
+    assert image.endswith(f"beam_python3.11_sdk:{beam_version}"), image
     options = env["sdkPipelineOptions"]["options"]
     assert options["setup_file"].endswith("setup.py") and options["project"] == "stampflow-test"
     names = {Path(p).name for p in staged_request["staged"]}
@@ -218,3 +220,11 @@ def test_scheduler_body_uses_only_template_parameters_and_beam_options():
     args, extra = _run_parser().parse_known_args(argv)
     assert not extra and args.input[0].startswith("gs://BUCKET/ztf/ztf_public_2")
     assert "{last_night}" not in args.output and args.quiet_progress
+
+
+def test_flex_template_image_is_our_beam_version():
+    from apache_beam.version import __version__ as beam_version
+
+    dockerfile = Path(__file__).parent.parent / "deploy" / "flex_template" / "Dockerfile"
+    froms = [ln for ln in dockerfile.read_text().splitlines() if ln.startswith("FROM ")]
+    assert f"FROM apache/beam_python3.11_sdk:{beam_version}" in froms, froms

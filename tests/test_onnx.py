@@ -202,14 +202,19 @@ def test_a_bad_batch_raises_and_becomes_inference_dead_letters():
 
     bad = {"features": np.zeros(23, np.float32), "stamps": np.zeros((21, 21, 3), np.float32)}
     handler = OnnxHandler(DEFAULT_MODEL)
-    with pytest.raises(Exception, match="stamps"):
+    with pytest.raises(Exception, match="stamps") as error:
         handler.run_inference([bad], handler.load_model())
     meta = {"objectId": "ZTF18bad", "candid": 1, "source": "mem", "raw": b"x", "path": None}
     model = ModelInfo.read(DEFAULT_MODEL)
     with beam.Pipeline(options=PipelineOptions([], runner="FnApiRunner")) as p:
         out = p | beam.Create([(meta, bad)]) | Classify(model, runtime="onnx")
-        stages = out[TAG_DEAD_LETTERS] | beam.Map(lambda d: (d["stage"], d["candid"]))
-        assert_that(stages, equal_to([(STAGE_INFERENCE, 1)]), label="dead")
+        stages = out[TAG_DEAD_LETTERS] | beam.Map(
+            lambda d: (d["stage"], d["candid"], d["reason"].split(":")[:2])
+        )
+        # The reason names the exception raised by the model (Beam hands the DoFn a class, a
+        # repr and a traceback, not the exception: the reason once read "model: tuple: ...").
+        expected = ["model", f" {error.type.__name__}"]
+        assert_that(stages, equal_to([(STAGE_INFERENCE, 1, expected)]), label="dead")
         assert_that(out[TAG_CLASSIFIED], equal_to([]), label="none_classified")
 
 

@@ -96,3 +96,37 @@ def test_night_and_pixels():
         "count": 4,
         "mean_probability": 0.75,
     }
+
+
+# --- Inference dead letters -----------------------------------------------------------------------
+def _exception_info(error: Exception) -> tuple[type, str, list[str]]:
+    """What Beam's ``with_exception_handling`` emits beside a failed element."""
+    import sys
+    import traceback
+
+    try:
+        raise error
+    except Exception:
+        return type(error), repr(error), traceback.format_exception(*sys.exc_info())
+
+
+def test_failed_batch_letters_name_the_exception_and_keep_the_bytes():
+    from pipeline.classify import failed_batch_letters
+    from transforms.dead_letters import REREAD_PATH
+    from transforms.schema import STAGE_INFERENCE
+
+    meta = {"objectId": "ZTF1", "candid": 7, "source": "a.avro", "raw": b"xyz", "path": None}
+    slim = {**meta, "candid": 8, "raw": b"", "path": "/night/b.avro"}
+    info = _exception_info(ValueError("stamps: bad shape (21, 21, 3)"))
+    letters = list(failed_batch_letters(([(meta, {}), (slim, {})], info)))
+    assert [d["stage"] for d in letters] == [STAGE_INFERENCE] * 2
+    reason = "model: ValueError: stamps: bad shape (21, 21, 3)"
+    assert [d["reason"] for d in letters] == [reason] * 2
+    assert letters[0]["candid"] == 7 and REREAD_PATH not in letters[0]
+    assert letters[1][REREAD_PATH] == "/night/b.avro"
+
+
+def test_failure_reason_without_a_traceback_uses_the_repr():
+    from pipeline.classify import failure_reason
+
+    assert failure_reason((KeyError, "KeyError('x')", [])) == "KeyError: KeyError('x')"
