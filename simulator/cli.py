@@ -24,6 +24,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             detections_per_object=args.detections_per_object,
             defects=args.defects,
             workers=args.workers,
+            first_detections=args.first_detections,
         )
     except ValueError as e:
         print(f"stampflow simulate: {e}", file=sys.stderr)
@@ -86,6 +87,12 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
             type=fraction,
             default=0.0,
             help="fraction of alerts with a defect (default 0)",
+        )
+        p.add_argument(
+            "--first-detections",
+            action="store_true",
+            help="only first detections (one alert per new object), in the class mix of a real "
+            "night's first detections (60%% bogus) unless --mix is given",
         )
         p.add_argument(
             "--workers",

@@ -80,6 +80,7 @@ def simulate(
     detections_per_object: int = 1,
     defects: float = 0.0,
     workers: int | None = None,
+    first_detections: bool = False,
 ) -> SimulationSummary:
     """Write ``n`` simulated ZTF 4.02 alerts and ``labels.csv`` to ``out_dir``.
 
@@ -104,6 +105,9 @@ def simulate(
         Fraction of alerts given a defect (NaN pixels, edge stamp, null fields).
     workers
         Worker processes (default ``os.cpu_count()``); 1 runs in-process.
+    first_detections
+        A night of first detections only, as production classifies them
+        (:func:`simulator.generate.plan_night`).
 
     Returns
     -------
@@ -115,7 +119,7 @@ def simulate(
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plan = gen.plan_night(n, seed, night, mix, detections_per_object, defects)
+    plan = gen.plan_night(n, seed, night, mix, detections_per_object, defects, first_detections)
     jobs = [(plan, c, fmt, str(out)) for c in range(len(plan.chunks) - 1)]
     workers = max(1, workers or os.cpu_count() or 1)
     archive = out / f"ztf_public_{night}.tar.gz" if fmt == "tar" else None
@@ -174,12 +178,13 @@ def make_alerts(
     mix: str | dict[str, float] | None = None,
     detections_per_object: int = 1,
     defects: float = 0.0,
+    first_detections: bool = False,
 ) -> list[tuple[dict, dict]]:
     """Build alert records and label rows in memory (no files), in plan order.
 
     Parameters are as for :func:`simulate`. Returns ``[(alert record, label row), ...]``.
     """
-    plan = gen.plan_night(n, seed, night, mix, detections_per_object, defects)
+    plan = gen.plan_night(n, seed, night, mix, detections_per_object, defects, first_detections)
     rows: list[tuple[dict, dict]] = []
     for c in range(len(plan.chunks) - 1):
         rows.extend(gen.make_chunk(plan, c))

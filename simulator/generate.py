@@ -48,8 +48,31 @@ DEFAULT_MIX = {"AGN": 0.2, "SN": 0.2, "VS": 0.2, "asteroid": 0.2, "bogus": 0.2}
 DEFECTS = ("nan_pixels", "edge_stamp", "null_fields")
 #: Nullable candidate fields that the ``null_fields`` defect may blank (SPEC §3).
 NULLABLE = ("fwhm", "chinr", "sharpnr", "classtar", "diffmaglim", "drb")
-BOGUS_KINDS = ("cosmic_ray", "hot_pixel", "bad_column", "saturation", "dipole", "ghost")
-BOGUS_WEIGHTS = (0.2, 0.12, 0.12, 0.18, 0.2, 0.18)
+#: The nine kinds of bogus ALeRCE's experts catalogued (Carrasco-Davis et al. 2021, Appendix E),
+#: by our names: cosmic ray; bad pixel (``hot_pixel``); bad pixel columns (``bad_column``); region
+#: near a saturated star (``saturation``); near bad difference (``dipole``: the candidate is a
+#: lobe beside a misregistered star); ghost; bad difference (``bad_difference``: a misaligned and
+#: mismatched template, dipoles and rings at every source, the candidate on a bright star);
+#: extended dark region (``dark_region``); satellite (``satellite``: a streak, or glints in a line).
+#: The order is fixed: a kind's index is its code in labels and tests.
+BOGUS_KINDS = (
+    "cosmic_ray",
+    "hot_pixel",
+    "bad_column",
+    "saturation",
+    "dipole",
+    "ghost",
+    "bad_difference",
+    "dark_region",
+    "satellite",
+)
+#: The mixture: half are residuals of stars (saturated, near or at a bad difference), what real
+#: first detections ALeRCE calls bogus mostly are (docs/calibration.md).
+BOGUS_WEIGHTS = (0.10, 0.07, 0.06, 0.14, 0.16, 0.07, 0.22, 0.07, 0.11)
+#: Class mix of a night's first detections (``simulate --first-detections``): ALeRCE estimates
+#: ~60% of first detections are bogus (paper, Appendix E); asteroids are the next largest share
+#: of new objects on the ecliptic, variable stars in the plane.
+FIRST_DETECTION_MIX = {"AGN": 0.04, "SN": 0.06, "VS": 0.14, "asteroid": 0.16, "bogus": 0.60}
 #: Target alerts per chunk (a chunk never splits an object).
 CHUNK_ALERTS = 128
 #: Exposure cadence [day]: 30 s exposure + ~9 s overhead.
@@ -98,6 +121,7 @@ class NightPlan:
     night: str
     seed: int
     defects: float
+    first_detections: bool = False
 
     @property
     def n_alerts(self) -> int:
@@ -139,6 +163,7 @@ def plan_night(
     mix: str | dict[str, float] | None = None,
     detections_per_object: int = 1,
     defects: float = 0.0,
+    first_detections: bool = False,
 ) -> NightPlan:
     """Decide classes, alert counts, times and ids for ``n`` alerts.
 
@@ -156,6 +181,10 @@ def plan_night(
         Maximum alerts per object in the night (asteroids always get one: they move).
     defects
         Fraction of alerts that get a defect.
+    first_detections
+        Every object is new tonight (no earlier detection, one alert each), in the class mix of
+        :data:`FIRST_DETECTION_MIX` unless ``mix`` says otherwise: the night production
+        classifies.
 
     Returns
     -------
@@ -168,6 +197,9 @@ def plan_night(
         raise ValueError("detections_per_object must be >= 1")
     if not 0.0 <= defects <= 1.0:
         raise ValueError("defects must be a fraction in [0, 1]")
+    if first_detections:
+        detections_per_object = 1
+        mix = FIRST_DETECTION_MIX if mix is None else mix
     fractions = parse_mix(mix)
     rng = np.random.default_rng([seed, 1])
     probs = np.array([fractions[c] for c in CLASS_NAMES])
@@ -213,7 +245,9 @@ def plan_night(
     # Chunks: whole objects, ~CHUNK_ALERTS alerts each.
     bounds = np.searchsorted(first, np.arange(CHUNK_ALERTS, n, CHUNK_ALERTS))
     chunks = np.unique(np.concatenate([[0], bounds, [m]]))
-    return NightPlan(cls, first, jd, rcid, pid, candid, chunks, nid, night, seed, defects)
+    return NightPlan(
+        cls, first, jd, rcid, pid, candid, chunks, nid, night, seed, defects, first_detections
+    )
 
 
 def _obs(fid: np.ndarray, rng: np.random.Generator) -> tuple[ph.Observation, np.ndarray]:
@@ -273,6 +307,8 @@ class ObjectTruth:
     art_amp: np.ndarray
     art_size: np.ndarray
     art_angle: np.ndarray
+    psf_err: np.ndarray | None = None  # relative FWHM error of the matching kernel
+    scale_bias: np.ndarray | None = None  # flux-scale error of the matched template [ratio]
 
 
 def sample_objects(cls: np.ndarray, jd: np.ndarray, rng: np.random.Generator) -> ObjectTruth:
@@ -301,7 +337,8 @@ def sample_objects(cls: np.ndarray, jd: np.ndarray, rng: np.random.Generator) ->
     # Field stars: density [per 63x63 stamp, to ~22 mag] rising steeply into the plane.
     lam = (1.5 + 70.0 * np.exp(-np.abs(b) / 7.0)) * (ph.PAD / ph.STAMP) ** 2
     nstar = np.minimum(rng.poisson(lam), 250)
-    k = max(int(nstar.max(initial=0)), 1)
+    # At least 40 slots: bad differences are drawn in crowded fields (below).
+    k = max(int(nstar.max(initial=0)), 40)
     live = np.arange(k)[None, :] < nstar[:, None]
     half = ph.PAD / 2
     sdx = rng.uniform(-half, half, (m, k))
@@ -388,6 +425,33 @@ def sample_objects(cls: np.ndarray, jd: np.ndarray, rng: np.random.Generator) ->
     dang = dphi + np.where(rng.random(dip.size) < 0.6, np.pi, 0.0)
     shift[dip] = np.stack([dshift * np.cos(dang), dshift * np.sin(dang)], axis=1)
     art_amp[gh], art_size[gh] = rng.uniform(15, 80, gh.size), rng.uniform(5, 12, gh.size)
+    psf_err, scale_bias = np.zeros(m), np.zeros(m)
+    # Bad difference: the candidate sits on a bright star (PS1 mag 13-16.5, the real ones ALeRCE
+    # calls bogus: sgscore1 ~ 1, distpsnr1 < 0.5") in a crowded field, and the template is both
+    # mis-scaled, slightly misaligned and PSF-mismatched: residuals at every star.
+    bd, dark, sat_trail = sel("bad_difference"), sel("dark_region"), sel("satellite")
+    mag_ref[bd] = rng.uniform(13.0, 16.5, bd.size)
+    crowd = rng.random((bd.size, k)) < 0.6
+    smag[bd] = np.where(
+        crowd & ~np.isfinite(smag[bd]) & ~clear[bd],
+        22.0 + np.log10(rng.uniform(10 ** (0.3 * (12 - 22)), 1.0, (bd.size, k))) / 0.3,
+        smag[bd],
+    )
+    # Small errors on a bright star: the residual is a few per cent of its flux. Real ones are
+    # ~3 mag fainter than the star, PSF-like and mostly negative (isdiffpos 'f' for 13 of 15 in
+    # ../shared/data): a flux-scale error of the template (2-8%, 75% too bright) dominates, with
+    # a little misregistration (<= 0.15 px) and PSF mismatch (2-6%) on top.
+    bshift, bang = rng.uniform(0.0, 0.15, bd.size), rng.uniform(0, 2 * np.pi, bd.size)
+    shift[bd] = np.stack([bshift * np.cos(bang), bshift * np.sin(bang)], axis=1)
+    sign = np.where(rng.random(bd.size) < 0.75, 1.0, -1.0)
+    scale_bias[bd] = sign * rng.uniform(0.02, 0.08, bd.size)
+    psf_err[bd] = rng.choice([-1.0, 1.0], bd.size) * rng.uniform(0.02, 0.06, bd.size)
+    # Extended dark region: diffuse reference-only light, 20-150 DN peak, sigma 4-10 px, its
+    # centre 2.5-6 px from the candidate (physics.render_triplet).
+    art_amp[dark], art_size[dark] = rng.uniform(20, 150, dark.size), rng.uniform(4, 10, dark.size)
+    # Satellite: a streak of 50-500 DN/px, or (art_size >= 2, 40%) glints in a line.
+    art_amp[sat_trail] = _loguniform(50, 500, sat_trail.size, rng)
+    art_size[sat_trail] = np.where(rng.random(sat_trail.size) < 0.4, 3.0, 0.0)
     return ObjectTruth(
         cls,
         ra,
@@ -413,6 +477,8 @@ def sample_objects(cls: np.ndarray, jd: np.ndarray, rng: np.random.Generator) ->
         art_amp,
         art_size,
         art_angle,
+        psf_err,
+        scale_bias,
     )
 
 
@@ -555,8 +621,13 @@ def make_chunk(plan: NightPlan, chunk: int) -> list[tuple[dict, dict]]:
     artefact = np.zeros(n, dtype=int)
     for i, name in enumerate(BOGUS_KINDS):
         artefact[kind_bogus == i] = ph.ART_CODE[name]
-    unstable = np.isin(artefact, [ph.ART_CODE[k] for k in ("saturation", "dipole", "ghost")])
+    unstable = np.isin(
+        artefact,
+        [ph.ART_CODE[k] for k in ("saturation", "dipole", "ghost")],
+    )
     scale_err = rng.normal(0, np.where(unstable, 0.04, 0.005))
+    if truth.scale_bias is not None:
+        scale_err = scale_err + truth.scale_bias[obj]
     scene = ph.Scene(
         x0=x0,
         y0=y0,
@@ -581,6 +652,7 @@ def make_chunk(plan: NightPlan, chunk: int) -> list[tuple[dict, dict]]:
         art_amp=truth.art_amp[obj],
         art_size=truth.art_size[obj],
         art_angle=truth.art_angle[obj],
+        psf_err=None if truth.psf_err is None else truth.psf_err[obj],
     )
     sci, ref, diff, psf = ph.render_triplet(scene, obs, rng, return_psf=True)
     sig_diff = np.sqrt(obs.sigma_sci**2 + (obs.sigma_ref * 0.6) ** 2)
@@ -707,7 +779,9 @@ def _loguniform(lo: float, hi: float, n: int, rng: np.random.Generator) -> np.nd
     return np.exp(rng.uniform(np.log(lo), np.log(hi), n))
 
 
-def _history(truth: ObjectTruth, jd0: np.ndarray, rng: np.random.Generator):
+def _history(
+    truth: ObjectTruth, jd0: np.ndarray, rng: np.random.Generator, first_detections: bool = False
+):
     """Detections before tonight: count, first-detection jd, and how many fall within 30 days.
 
     Alerts are drawn across each class's history, not only at first detection, because real
@@ -715,34 +789,49 @@ def _history(truth: ObjectTruth, jd0: np.ndarray, rng: np.random.Generator):
     curve (40% first detections here, else 1-150 earlier detections at 0.5-2 per day), variable
     stars and AGN have been detected for years (15% first detections, else 1-800 earlier ones),
     asteroids never repeat at one position, and 35% of bogus recur (artefacts at bright stars).
-    Non-detections (``ncovhist - ndethist``) are log-normal around 200 (2-5000), the range real
-    alerts show from the first survey months (median ncovhist 6 in June 2018) to later years
-    (725); ALeRCE's training set has a mean of 274.
+    Coverage before the alert (``ncovhist - ndethist``) grows with the survey: log-normal around
+    ``0.7 * age * (1 - exp(-(age / 120)^3))`` epochs at ``age`` days since the survey began
+    (sigma 0.8 in ln), which gives ~11 in June 2018, ~90 in August 2018, ~420 in late 2019 and
+    ~2,000 in 2026, as the real alerts show (ncovhist 3-34 in June 2018, 122-642 in 2019-20,
+    450-1,540 in 2021, 1,600-4,500 in 2026). A variable star's or AGN's first detection comes
+    within its first 2-40 covered epochs. ``first_detections``: no detection before tonight.
     """
     m = truth.cls.size
     c = truth.cls
     n_hist = np.zeros(m, dtype=int)
     age = np.zeros(m)
-    sn = c == CLASS_NAMES.index("SN")
-    later = sn & (rng.random(m) >= 0.4)
-    n_hist[later] = _loguniform(1, 150, int(later.sum()), rng).astype(int)
-    rate = rng.uniform(0.5, 2.0, m)  # detections per day while an SN is bright
-    age[later] = np.clip(n_hist[later] / rate[later], 0.5, 200.0)  # an SN fades within months
-    var = (c == CLASS_NAMES.index("AGN")) | (c == CLASS_NAMES.index("VS"))
-    old = var & (rng.random(m) >= 0.15)
-    n_hist[old] = _loguniform(1, 800, int(old.sum()), rng).astype(int)
     span = np.maximum(jd0 - ZTF_START_JD, 31.0)
-    age[old] = rng.uniform(np.minimum(30.0, span[old]), span[old])
-    bog = c == CLASS_NAMES.index("bogus")
-    recur = bog & (rng.random(m) < 0.35)
-    n_hist[recur] = _loguniform(1, 60, int(recur.sum()), rng).astype(int)
-    age[recur] = rng.uniform(1.0, np.minimum(300.0, span[recur]))
+    if not first_detections:
+        sn = c == CLASS_NAMES.index("SN")
+        later = sn & (rng.random(m) >= 0.4)
+        n_hist[later] = _loguniform(1, 150, int(later.sum()), rng).astype(int)
+        rate = rng.uniform(0.5, 2.0, m)  # detections per day while an SN is bright
+        age[later] = np.clip(n_hist[later] / rate[later], 0.5, 200.0)  # SNe fade within months
+        var = (c == CLASS_NAMES.index("AGN")) | (c == CLASS_NAMES.index("VS"))
+        old = var & (rng.random(m) >= 0.15)
+        n_hist[old] = _loguniform(1, 800, int(old.sum()), rng).astype(int)
+        age[old] = rng.uniform(np.minimum(30.0, span[old]), span[old])
+        bog = c == CLASS_NAMES.index("bogus")
+        recur = bog & (rng.random(m) < 0.35)
+        n_hist[recur] = _loguniform(1, 60, int(recur.sum()), rng).astype(int)
+        age[recur] = rng.uniform(1.0, np.minimum(300.0, span[recur]))
     in30 = np.where(
         age <= 30, n_hist, np.round(n_hist * 30 / np.maximum(age, 1) * rng.uniform(0.5, 1.5, m))
     )
     in30 = np.minimum(np.minimum(in30, n_hist), 25).astype(int)
     n_nondet = rng.integers(0, 10, m)
-    ncov_extra = np.clip(np.exp(rng.normal(np.log(200), 1.3, m)), 2, 5000).astype(int)
+    survey_age = np.maximum(jd0 - ZTF_START_JD, 1.0)
+    typical = 0.7 * survey_age * (1.0 - np.exp(-((survey_age / 120.0) ** 3)))
+    ncov_extra = np.clip(np.exp(rng.normal(np.log(np.maximum(typical, 2.0)), 0.8, m)), 2, 6000)
+    # A variable star or AGN bright enough to alert is detected within its first few epochs: its
+    # first detection comes when the survey starts covering it (its first months, or a new field),
+    # not after thousands of quiet epochs as a static star's subtraction residual can.
+    var = (c == CLASS_NAMES.index("AGN")) | (c == CLASS_NAMES.index("VS"))
+    new_var = var & (n_hist == 0)
+    ncov_extra[new_var] = np.minimum(
+        ncov_extra[new_var], _loguniform(2, 40, int(new_var.sum()), rng)
+    )
+    ncov_extra = ncov_extra.astype(int)
     return n_hist, jd0 - age, in30, n_nondet, ncov_extra
 
 
@@ -868,7 +957,7 @@ def _assemble(
     jd, rcid, pid, candid = plan.jd[sl], plan.rcid[sl], plan.pid[sl], plan.candid[sl]
     m = truth.cls.size
     jd0 = jd[kidx == 0]
-    n_hist, jdstart, in30, n_nondet, ncov_extra = _history(truth, jd0, rng)
+    n_hist, jdstart, in30, n_nondet, ncov_extra = _history(truth, jd0, rng, plan.first_detections)
     dist3, mag3, sg3, nmatch, d_nr, m_nr, e_nr, d_gaia, m_gaia = _neighbours(truth, rng)
     year = np.array([int(plan.night[:4])] * m) - np.floor((jd0 - jdstart) / 365.25).astype(int)
     names = md.object_ids(year, (plan.seed * 7919 + o0 + np.arange(m)) % 26**6 + 26**5)
@@ -880,27 +969,38 @@ def _assemble(
     kind = truth.kind[obj]
     bkind = np.where(is_bog, kind, -1)
     sharp_art = np.isin(bkind, [0, 1])
-    broad_art = np.isin(bkind, [2, 3, 5])
+    broad_art = np.isin(bkind, [2, 3, 5, 7])
+    bad_diff, satellite = bkind == 6, bkind == 8
     # SExtractor's FWHM on the noisy difference runs above the PSF core (real median 2.14 px).
     fw = obs.fwhm_sci * rng.uniform(1.05, 1.3, n)
     fw = np.where(point, fw, fw * rng.uniform(1.0, 1.3, n))
     fw = np.where(sharp_art, rng.uniform(0.7, 1.4, n), fw)
     fw = np.where(broad_art, rng.uniform(4.0, 10.0, n), fw)
-    fw = np.where(bkind == 4, fw * rng.uniform(1.0, 1.6, n), fw)
+    fw = np.where((bkind == 4) | bad_diff, fw * rng.uniform(1.0, 1.6, n), fw)
+    fw = np.where(satellite, fw * rng.uniform(1.2, 2.5, n), fw)
     tl = measured.trail_len
     elong = np.where(tl > 0, 1 + tl / obs.fwhm_sci, 1 + np.abs(rng.normal(0, 0.07, n)))
     elong = np.where(is_bog, elong * rng.uniform(1.0, 1.8, n), elong)
+    elong = np.where(satellite, rng.uniform(2.0, 8.0, n), elong)
     aimage = fw * 0.3 * np.sqrt(elong)
     bimage = aimage / elong
     # SExtractor CLASS_STAR of real alerts: median 0.98, 10th percentile 0.64 (first detections).
     # CLASS_STAR is measured on the difference image, where every real transient is point-like.
     classtar = 1.0 - rng.beta(1.0, 30.0, n)
     classtar = np.where(sharp_art, rng.uniform(0.3, 1.0, n), classtar)
-    classtar = np.where(broad_art, rng.uniform(0.0, 0.6, n), classtar)
+    classtar = np.where(broad_art | satellite, rng.uniform(0.0, 0.6, n), classtar)
     # The 2018 RealBogus scores are soft (ALeRCE training mean 0.61 +- 0.22; real first detections
     # median 0.49); deep-learning drb is near 1 for real sources and near 0 for most bogus.
     rb = np.where(is_bog, rng.beta(2.5, 3.5, n), rng.beta(6.0, 2.0, n))
     drb = np.where(is_bog, rng.beta(0.4, 2.0, n), 1 - rng.beta(0.5, 15.0, n))
+    # Bright-star residuals fool the 2018 RealBogus (real ones ALeRCE calls bogus: rb 0.47-0.81,
+    # median ~0.65); the deep drb catches about half (real: 0.09 and 0.22 beside many > 0.97).
+    rb = np.where(bad_diff, rng.beta(6.0, 3.5, n), rb)
+    drb = np.where(
+        bad_diff,
+        np.where(rng.random(n) < 0.5, rng.beta(0.6, 5.0, n), 1 - rng.beta(0.5, 15.0, n)),
+        drb,
+    )
     # Nearest reference-catalogue source: the PS1 nearest stands in for it.
     # Nearest source in ZTF's reference-image catalogue (brighter than its 22.8 mag depth).
     dnr = d_nr[obj]

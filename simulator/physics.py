@@ -19,8 +19,11 @@ The model, per alert (all arrays are vectorised over a batch of ``B`` alerts):
   dipoles; scaling errors leave residuals of bright stars, as in real ZTF subtractions.
 
 Artefacts (bogus) are added on the detector side (science, hence difference): cosmic rays (no PSF,
-sharper than any star), hot pixels, bad columns, ghost rings; saturated stars leave NaN cores and
-bleed trails masked in all three cutouts, like real ZTF masks.
+sharper than any star), hot pixels, bad columns, ghost rings, satellite streaks and glints;
+saturated stars leave NaN cores and bleed trails masked in all three cutouts, like real ZTF masks.
+Bad subtractions come from the matching: a misregistered reference (dipoles at every source), a
+wrong matching kernel (``psf_err``: rings at every source) and diffuse light in the reference only
+(an extended dark region in the difference).
 """
 
 from __future__ import annotations
@@ -41,7 +44,18 @@ READ_NOISE = 10.0
 PAD = 80
 PAD_OFF = (PAD - STAMP) // 2
 #: Artefact codes (0 = none); names as recorded in labels.
-ARTEFACTS = ("none", "cosmic_ray", "hot_pixel", "bad_column", "saturation", "dipole", "ghost")
+ARTEFACTS = (
+    "none",
+    "cosmic_ray",
+    "hot_pixel",
+    "bad_column",
+    "saturation",
+    "dipole",
+    "ghost",
+    "bad_difference",
+    "dark_region",
+    "satellite",
+)
 ART_CODE = {name: i for i, name in enumerate(ARTEFACTS)}
 #: Points used to draw a trailed (moving) source.
 TRAIL_SAMPLES = 9
@@ -106,6 +120,9 @@ class Scene:
         Artefact code, index into :data:`ARTEFACTS`.
     art_amp, art_size, art_angle
         Artefact amplitude [DN], size [pixels] and angle [rad].
+    psf_err
+        Relative FWHM error of the PSF-matched reference (a wrong matching kernel leaves rings
+        at every source of the difference); None: exact matching.
     """
 
     x0: np.ndarray
@@ -131,6 +148,7 @@ class Scene:
     art_amp: np.ndarray
     art_size: np.ndarray
     art_angle: np.ndarray
+    psf_err: np.ndarray | None = None
 
 
 _YY, _XX = np.mgrid[0:STAMP, 0:STAMP].astype(np.float32)
@@ -339,6 +357,26 @@ def _add_artefacts(sci: np.ndarray, mask: np.ndarray, scene: Scene, rng: np.rand
         r = np.sqrt((_XX[None] - cx[s]) ** 2 + (_YY[None] - cy[s]) ** 2)
         width = rng.uniform(1.5, 3.0, gh.size)[s]
         sci[gh] += scene.art_amp[gh][s] * np.exp(-0.5 * ((r - r0[s]) / width) ** 2)
+    # Satellites: a streak across the whole stamp through (within a pixel of) the candidate, as
+    # wide as the PSF, or (art_size >= 2) a few PSF-like glints in a line.
+    sat_trail = np.flatnonzero(art == ART_CODE["satellite"])
+    if sat_trail.size:
+        s = (slice(None), None, None)
+        ang = scene.art_angle[sat_trail]
+        off = rng.uniform(-1.0, 1.0, sat_trail.size)
+        nx, ny = -np.sin(ang), np.cos(ang)  # unit normal of the line
+        cx, cy = scene.x0[sat_trail] + off * nx, scene.y0[sat_trail] + off * ny
+        across = (_XX[None] - cx[s]) * nx[s] + (_YY[None] - cy[s]) * ny[s]
+        along = (_XX[None] - cx[s]) * np.cos(ang)[s] + (_YY[None] - cy[s]) * np.sin(ang)[s]
+        width = rng.uniform(0.8, 1.5, sat_trail.size)[s]
+        line = np.exp(-0.5 * (across / width) ** 2)
+        glints = scene.art_size[sat_trail] >= 2
+        spacing = rng.uniform(5.0, 12.0, sat_trail.size)[s]
+        phase = np.mod(along + spacing / 2, spacing) - spacing / 2
+        # Glints: the line modulated into PSF-like points, one of them at the candidate.
+        dots = np.exp(-0.5 * (phase / width) ** 2)
+        profile = np.where(glints[s], line * dots, line)
+        sci[sat_trail] += scene.art_amp[sat_trail][s] * profile
     # Saturation: NaN core around the (bright) central star plus a vertical bleed trail.
     sat = np.flatnonzero(art == ART_CODE["saturation"])
     if sat.size:
@@ -399,7 +437,15 @@ def render_triplet(
     ).astype(np.complex64)
     static_sci = _crop(np.fft.irfft2(static_hat * psf_sci_hat, s=(PAD, PAD)))
     shifted_hat = static_hat * phase
-    static_model = _crop(np.fft.irfft2(shifted_hat * psf_sci_hat, s=(PAD, PAD)))
+    # The matched reference is convolved to the science PSF; a wrong kernel (psf_err) makes it
+    # too broad or too sharp, leaving a ring at every static source.
+    fwhm_model = obs.fwhm_sci if scene.psf_err is None else obs.fwhm_sci * (1.0 + scene.psf_err)
+    mismatched = np.flatnonzero(fwhm_model != obs.fwhm_sci)
+    psf_model_hat = psf_sci_hat
+    if mismatched.size:
+        psf_model_hat = psf_sci_hat.copy()
+        psf_model_hat[mismatched] = _psf_hat(fwhm_model[mismatched], obs.beta_sci[mismatched])
+    static_model = _crop(np.fft.irfft2(shifted_hat * psf_model_hat, s=(PAD, PAD)))
     static_ref = _crop(np.fft.irfft2(shifted_hat * psf_ref_hat, s=(PAD, PAD)))
 
     rx, ry = scene.x0 - scene.shift_x, scene.y0 - scene.shift_y
@@ -418,12 +464,24 @@ def render_triplet(
             scene.trail_len[t],
             scene.trail_pa[t],
         )
-    central_model = point_sources(rx, ry, scene.central_ref_flux, obs.fwhm_sci, obs.beta_sci)
+    central_model = point_sources(rx, ry, scene.central_ref_flux, fwhm_model, obs.beta_sci)
     central_ref = point_sources(rx, ry, scene.central_ref_flux, obs.fwhm_ref, obs.beta_ref)
 
     signal_sci = static_sci + central_sci
     signal_ref = static_ref + central_ref
     model = (static_model + central_model) * (1.0 + scene.scale_err)[s]
+    # Extended dark region: diffuse light in the reference only (scattered light, a halo or a
+    # bad template region), much broader than the PSF, so the matched reference carries it too
+    # and the difference shows a dark patch beside the candidate.
+    dark = np.flatnonzero(scene.artefact == ART_CODE["dark_region"])
+    if dark.size:
+        ang, size = scene.art_angle[dark], scene.art_size[dark]
+        dx = scene.x0[dark] + 0.6 * size * np.cos(ang)
+        dy = scene.y0[dark] + 0.6 * size * np.sin(ang)
+        r2 = (_XX[None] - dx[s]) ** 2 + (_YY[None] - dy[s]) ** 2
+        blob = scene.art_amp[dark][s] * np.exp(-0.5 * r2 / size[s] ** 2)
+        signal_ref[dark] += blob
+        model[dark] += blob
 
     mask = np.zeros((b, STAMP, STAMP), dtype=bool)
     art_sci = np.zeros((b, STAMP, STAMP))
