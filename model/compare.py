@@ -19,9 +19,15 @@ several files) are skipped as ``duplicate_candid``. Null features are imputed as
 and reported (ALeRCE's own graph would give such an alert NaN probabilities). On the 225 real
 alerts of ``../shared/data/ztf_alerts`` this compares 220 distinct 63x63 alerts.
 
-The work is done by pure functions (:func:`agreement_report`, :func:`recovery_line`,
-:func:`format_summary`, :func:`plot_compare`); :func:`score_alerts` reads and scores, and the
-command is a thin adapter::
+What matters for the SN hunt is reported for all compared alerts and again for the first
+detections among them (judged as ``--select first`` judges, whatever ``--select`` is; 36 of the
+220): agreement, top-2 agreement, Cohen's kappa, recovery per reference class (the reference's
+bogus found among them), SN precision (of the alerts the model calls SN, the share the reference
+also calls SN) and SN recall (the reference's SN the model calls SN).
+
+The work is done by pure functions (:func:`key_metrics`, :func:`sn_precision`,
+:func:`agreement_report`, :func:`metrics_line`, :func:`recovery_line`, :func:`format_summary`,
+:func:`plot_compare`); :func:`score_alerts` reads and scores, and the command is a thin adapter::
 
     stampflow import-alerce ../shared/data/alerce/best_model_so_far --out models/alerce
     stampflow compare --model model/default --reference models/alerce \\
@@ -66,10 +72,13 @@ __all__ = [
     "compare",
     "format_summary",
     "imputed_features",
+    "key_metrics",
+    "metrics_line",
     "plot_compare",
     "recovery_line",
     "register",
     "score_alerts",
+    "sn_precision",
     "write_csv",
 ]
 
@@ -83,6 +92,8 @@ SELECT_MODES: Final[tuple[str, ...]] = ("all", "first")
 CHUNK: Final[int] = 1024
 #: Tolerance on ``|Σ_k p[i, k] − 1|`` for input probabilities (float32 softmax outputs).
 SUM_TOLERANCE: Final[float] = 1e-3
+#: Index of the SN class in :data:`transforms.schema.CLASS_NAMES` (the SN hunt's class).
+SN_CLASS: Final[int] = CLASS_NAMES.index("SN")
 
 
 class CompareError(Exception):
@@ -107,66 +118,92 @@ def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den else 0.0
 
 
-def agreement_report(
-    ref_probs: np.ndarray,
-    model_probs: np.ndarray,
-    ids: Sequence[tuple[int, str]] | None = None,
-) -> dict[str, Any]:
-    """Agreement of a model's classes and probabilities with a reference model's, per alert.
+def _share(num: int, den: int) -> dict[str, Any]:
+    return {"numerator": int(num), "denominator": int(den), "fraction": num / den if den else None}
 
-    The reference model's argmax class plays the part of the label: the confusion matrix has one
-    row per reference class and one column per model class, and the *recovery* of a class is the
-    fraction of the alerts the reference puts in it that the model puts there too (the model's
-    recall if the reference were the truth).
+
+def sn_precision(reference_classes: Any, model_classes: Any) -> dict[str, Any]:
+    """Of the alerts the model calls SN, the share the reference also calls SN.
+
+    What a supernova hunter following the model's SN up would find confirmed by the reference:
+    the precision of the model's SN class if the reference were the truth.
 
     Parameters
     ----------
-    ref_probs, model_probs
-        Probabilities ``[N, K]`` of the reference model and of the model, rows in the same alert
-        order, columns in :data:`transforms.schema.CLASS_NAMES` order; ``N >= 1``.
-    ids
-        ``(candid, objectId)`` per row, for the per-alert list (default: row numbers, no object).
+    reference_classes, model_classes
+        Argmax class indices ``[N]`` (into :data:`transforms.schema.CLASS_NAMES`) of the
+        reference and of the model, in the same alert order; ``N`` may be 0.
 
     Returns
     -------
     dict
-        JSON-serialisable: ``n``, ``class_names``, ``agreement`` and ``agreement_count`` (same
-        argmax class), ``cohen_kappa`` (agreement beyond chance), ``top2_agreement`` (reference
-        class within the model's two most probable) and ``top2_agreement_reverse`` (model class
-        within the reference's two), ``confusion_matrix`` (``counts`` and ``row_fractions``, rows
-        reference, columns model), ``recovery`` (per reference class: ``count``, ``recovered``,
-        ``fraction``), ``predicted_counts`` (per model), ``probability_difference``
-        (``Δp = p_model − p_reference``: per class ``mean``, ``mean_abs``, ``median_abs``,
-        ``max_abs``; the same over every class; ``mean_total_variation``, the mean of
-        ``½ Σ_k |Δp_k|``), ``undefined`` (quantities reported as 0.0 because the sample does not
-        define them, with why; so the report holds no NaN or null) and ``alerts`` (per row:
-        ``candid``, ``objectId``, both classes, ``agree``, both probability vectors).
+        ``numerator`` (alerts both call SN), ``denominator`` (alerts the model calls SN) and
+        ``fraction`` (their ratio; None when the model calls no alert SN).
 
     Raises
     ------
     ValueError
-        Empty input, shapes that differ or are not ``[N, K]``, ``ids`` of the wrong length,
-        probabilities that are negative, non-finite or do not sum to 1.
+        Class arrays of different lengths.
 
     Examples
     --------
-    >>> ref = np.eye(5)[[0, 1, 1]]
-    >>> mod = np.eye(5)[[0, 1, 2]]
-    >>> r = agreement_report(ref, mod)
-    >>> round(r["agreement"], 3), r["recovery"]["SN"]
-    (0.667, {'count': 2, 'recovered': 1, 'fraction': 0.5})
+    >>> sn_precision([1, 1, 0, 4], [1, 0, 1, 1])
+    {'numerator': 1, 'denominator': 3, 'fraction': 0.3333333333333333}
+    >>> sn_precision([1], [0])["fraction"] is None
+    True
+    """
+    ref = np.asarray(reference_classes).reshape(-1)
+    mod = np.asarray(model_classes).reshape(-1)
+    if ref.shape != mod.shape:
+        raise ValueError(f"class arrays differ in length: {ref.shape[0]} and {mod.shape[0]}")
+    called = mod == SN_CLASS
+    return _share(int(np.sum(called & (ref == SN_CLASS))), int(np.sum(called)))
+
+
+def key_metrics(ref_probs: Any, model_probs: Any) -> dict[str, Any]:
+    """The class-level agreement of a model with a reference model on a set of alerts.
+
+    The reference's argmax class plays the part of the label (see :func:`agreement_report`).
+    Used for all compared alerts and for the first detections among them, so both sections of
+    ``compare.json`` hold the same keys.
+
+    Parameters
+    ----------
+    ref_probs, model_probs
+        Probabilities ``[N, K]`` of the reference and of the model, rows in the same alert order,
+        columns in :data:`transforms.schema.CLASS_NAMES` order; ``N`` may be 0 (every fraction
+        is then 0.0 or None and listed in ``undefined``).
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``n``, ``agreement`` and ``agreement_count`` (same argmax class),
+        ``top2_agreement`` (reference class within the model's two most probable) and
+        ``top2_agreement_reverse``, ``cohen_kappa``, ``confusion_matrix`` (``counts`` and
+        ``row_fractions``, rows reference, columns model), ``recovery`` (per reference class:
+        ``count``, ``recovered``, ``fraction``), ``predicted_counts`` (per model),
+        ``sn_precision`` (:func:`sn_precision`), ``sn_recall`` (the reference's SN the model
+        calls SN, as ``numerator``, ``denominator``, ``fraction``; the SN recovery, with None
+        when the reference calls nothing SN) and ``undefined`` (quantity -> why the sample does
+        not define it; such a fraction is reported as 0.0, or None for ``sn_*.fraction``).
+
+    Raises
+    ------
+    ValueError
+        Shapes that differ or are not ``[N, K]``, probabilities that are negative, non-finite or
+        do not sum to 1.
+
+    Examples
+    --------
+    >>> m = key_metrics(np.eye(5)[[1, 1, 4]], np.eye(5)[[1, 0, 1]])
+    >>> m["agreement_count"], m["sn_precision"], m["recovery"]["bogus"]["recovered"]
+    (1, {'numerator': 1, 'denominator': 2, 'fraction': 0.5}, 0)
     """
     from model.metrics import confusion_matrix, top_k_accuracy
 
     ref = _check_probs(ref_probs, "ref_probs")
     mod = _check_probs(model_probs, "model_probs", ref.shape[0])
     n, k = ref.shape
-    if n == 0:
-        raise ValueError("nothing to compare: no alerts")
-    if ids is None:
-        ids = [(i, "") for i in range(n)]
-    if len(ids) != n:
-        raise ValueError(f"ids has {len(ids)} entries, expected {n}")
     ref_cls = ref.argmax(axis=1)
     mod_cls = mod.argmax(axis=1)
     counts = confusion_matrix(ref_cls, mod_cls)
@@ -174,6 +211,9 @@ def agreement_report(
     mod_support = counts.sum(axis=0)
     agree = int(np.trace(counts))
     undefined: dict[str, str] = {}
+    if not n:
+        for name in ("agreement", "top2_agreement", "top2_agreement_reverse"):
+            undefined[name] = "no alert"
 
     row_fractions = [[_ratio(counts[i, j], ref_support[i]) for j in range(k)] for i in range(k)]
     recovery = {}
@@ -186,13 +226,119 @@ def agreement_report(
         if not ref_support[i]:
             undefined[f"recovery.{name}"] = f"the reference classifies no alert as {name}"
 
-    chance = float(np.dot(ref_support, mod_support)) / float(n * n)
-    observed = agree / n
+    chance = float(np.dot(ref_support, mod_support)) / float(n * n) if n else 1.0
     if chance < 1.0:
-        kappa = (observed - chance) / (1.0 - chance)
+        kappa = (_ratio(agree, n) - chance) / (1.0 - chance)
     else:
         kappa = 0.0
-        undefined["cohen_kappa"] = "both models put every alert in one and the same class"
+        undefined["cohen_kappa"] = (
+            "both models put every alert in one and the same class" if n else "no alert"
+        )
+    precision = sn_precision(ref_cls, mod_cls)
+    if precision["fraction"] is None:
+        undefined["sn_precision.fraction"] = "the model classifies no alert as SN"
+    recall = _share(int(counts[SN_CLASS, SN_CLASS]), int(ref_support[SN_CLASS]))
+    if recall["fraction"] is None:
+        undefined["sn_recall.fraction"] = "the reference classifies no alert as SN"
+
+    return {
+        "n": n,
+        "agreement": _ratio(agree, n),
+        "agreement_count": agree,
+        "cohen_kappa": float(kappa),
+        "top2_agreement": top_k_accuracy(ref_cls, mod, 2) if n else 0.0,
+        "top2_agreement_reverse": top_k_accuracy(mod_cls, ref, 2) if n else 0.0,
+        "confusion_matrix": {
+            "rows": "reference class",
+            "columns": "model class",
+            "counts": counts.tolist(),
+            "row_fractions": row_fractions,
+        },
+        "recovery": recovery,
+        "predicted_counts": {
+            "model": {name: int(mod_support[j]) for j, name in enumerate(CLASS_NAMES)},
+            "reference": {name: int(ref_support[j]) for j, name in enumerate(CLASS_NAMES)},
+        },
+        "sn_precision": precision,
+        "sn_recall": recall,
+        "undefined": undefined,
+    }
+
+
+def agreement_report(
+    ref_probs: np.ndarray,
+    model_probs: np.ndarray,
+    ids: Sequence[tuple[int, str]] | None = None,
+    first_detection: Sequence[bool] | np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Agreement of a model's classes and probabilities with a reference model's, per alert.
+
+    The reference model's argmax class plays the part of the label: the confusion matrix has one
+    row per reference class and one column per model class, and the *recovery* of a class is the
+    fraction of the alerts the reference puts in it that the model puts there too (the model's
+    recall if the reference were the truth). The key metrics (:func:`key_metrics`) are given for
+    every alert and, when ``first_detection`` is given, again for the first detections alone:
+    the alerts a supernova hunt classifies.
+
+    Parameters
+    ----------
+    ref_probs, model_probs
+        Probabilities ``[N, K]`` of the reference model and of the model, rows in the same alert
+        order, columns in :data:`transforms.schema.CLASS_NAMES` order; ``N >= 1``.
+    ids
+        ``(candid, objectId)`` per row, for the per-alert list (default: row numbers, no object).
+    first_detection
+        Per row, whether the alert is its object's first detection (see :func:`score_alerts`);
+        None leaves ``first_detections`` out.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``n``, ``class_names``, every key of :func:`key_metrics` for all
+        alerts (``agreement``, ``agreement_count``, ``cohen_kappa``, ``top2_agreement``,
+        ``top2_agreement_reverse``, ``confusion_matrix``, ``recovery``, ``predicted_counts``,
+        ``sn_precision``, ``sn_recall``, ``undefined``), ``probability_difference``
+        (``Δp = p_model − p_reference``: per class ``mean``, ``mean_abs``, ``median_abs``,
+        ``max_abs``; the same over every class; ``mean_total_variation``, the mean of
+        ``½ Σ_k |Δp_k|``), with ``first_detection``: ``first_detections`` (:func:`key_metrics`
+        of those rows), and ``alerts`` (per row: ``candid``, ``objectId``, both classes,
+        ``agree``, ``first_detection`` when given, both probability vectors). Fractions a
+        sample does not define are 0.0 (None for ``sn_precision`` and ``sn_recall``) and listed
+        in ``undefined`` with why.
+
+    Raises
+    ------
+    ValueError
+        Empty input, shapes that differ or are not ``[N, K]``, ``ids`` or ``first_detection`` of
+        the wrong length, probabilities that are negative, non-finite or do not sum to 1.
+
+    Examples
+    --------
+    >>> ref = np.eye(5)[[0, 1, 1]]
+    >>> mod = np.eye(5)[[0, 1, 2]]
+    >>> r = agreement_report(ref, mod, first_detection=[True, False, True])
+    >>> round(r["agreement"], 3), r["recovery"]["SN"]
+    (0.667, {'count': 2, 'recovered': 1, 'fraction': 0.5})
+    >>> r["first_detections"]["agreement_count"], r["first_detections"]["n"]
+    (1, 2)
+    """
+    ref = _check_probs(ref_probs, "ref_probs")
+    mod = _check_probs(model_probs, "model_probs", ref.shape[0])
+    n = ref.shape[0]
+    if n == 0:
+        raise ValueError("nothing to compare: no alerts")
+    if ids is None:
+        ids = [(i, "") for i in range(n)]
+    if len(ids) != n:
+        raise ValueError(f"ids has {len(ids)} entries, expected {n}")
+    first = None
+    if first_detection is not None:
+        first = np.asarray(first_detection, dtype=bool).reshape(-1)
+        if first.shape[0] != n:
+            raise ValueError(f"first_detection has {first.shape[0]} entries, expected {n}")
+    metrics = key_metrics(ref, mod)
+    ref_cls = ref.argmax(axis=1)
+    mod_cls = mod.argmax(axis=1)
 
     delta = mod - ref
     absd = np.abs(delta)
@@ -205,37 +351,25 @@ def agreement_report(
         }
         for j, name in enumerate(CLASS_NAMES)
     }
-    alerts = [
-        {
+    alerts = []
+    for i, (candid, object_id) in enumerate(ids):
+        entry = {
             "candid": int(candid),
             "objectId": str(object_id),
             "reference_class": CLASS_NAMES[int(ref_cls[i])],
             "model_class": CLASS_NAMES[int(mod_cls[i])],
             "agree": bool(ref_cls[i] == mod_cls[i]),
-            "reference_probabilities": [float(x) for x in ref[i]],
-            "model_probabilities": [float(x) for x in mod[i]],
         }
-        for i, (candid, object_id) in enumerate(ids)
-    ]
-    return {
+        if first is not None:
+            entry["first_detection"] = bool(first[i])
+        entry["reference_probabilities"] = [float(x) for x in ref[i]]
+        entry["model_probabilities"] = [float(x) for x in mod[i]]
+        alerts.append(entry)
+    undefined = metrics.pop("undefined")
+    report = {
         "n": n,
         "class_names": list(CLASS_NAMES),
-        "agreement": observed,
-        "agreement_count": agree,
-        "cohen_kappa": float(kappa),
-        "top2_agreement": top_k_accuracy(ref_cls, mod, 2),
-        "top2_agreement_reverse": top_k_accuracy(mod_cls, ref, 2),
-        "confusion_matrix": {
-            "rows": "reference class",
-            "columns": "model class",
-            "counts": counts.tolist(),
-            "row_fractions": row_fractions,
-        },
-        "recovery": recovery,
-        "predicted_counts": {
-            "model": {name: int(mod_support[j]) for j, name in enumerate(CLASS_NAMES)},
-            "reference": {name: int(ref_support[j]) for j, name in enumerate(CLASS_NAMES)},
-        },
+        **metrics,
         "probability_difference": {
             "definition": "p_model - p_reference",
             "per_class": per_class,
@@ -244,9 +378,12 @@ def agreement_report(
             "max_abs": float(absd.max()),
             "mean_total_variation": float(0.5 * absd.sum(axis=1).mean()),
         },
-        "undefined": undefined,
-        "alerts": alerts,
     }
+    if first is not None:
+        report["first_detections"] = key_metrics(ref[first], mod[first])
+    report["undefined"] = undefined
+    report["alerts"] = alerts
+    return report
 
 
 def recovery_line(report: Mapping[str, Any]) -> str:
@@ -255,7 +392,8 @@ def recovery_line(report: Mapping[str, Any]) -> str:
     Parameters
     ----------
     report
-        Output of :func:`agreement_report`.
+        Output of :func:`agreement_report` or :func:`key_metrics` (e.g. its
+        ``first_detections``).
 
     Returns
     -------
@@ -263,7 +401,51 @@ def recovery_line(report: Mapping[str, Any]) -> str:
         One ``class recovered/count`` item per class, joined by `` · ``.
     """
     rec = report["recovery"]
-    return " · ".join(f"{c} {rec[c]['recovered']}/{rec[c]['count']}" for c in report["class_names"])
+    names = report.get("class_names", CLASS_NAMES)
+    return " · ".join(f"{c} {rec[c]['recovered']}/{rec[c]['count']}" for c in names)
+
+
+def _share_text(share: Mapping[str, Any]) -> str:
+    fraction = share["fraction"]
+    percent = "n/a" if fraction is None else f"{100 * fraction:.1f}%"
+    return f"{share['numerator']}/{share['denominator']} ({percent})"
+
+
+def metrics_line(metrics: Mapping[str, Any]) -> str:
+    """The key metrics of a set of alerts on one line, what matters first for the SN hunt.
+
+    Parameters
+    ----------
+    metrics
+        Output of :func:`key_metrics`, or :func:`agreement_report` (its all-alerts metrics).
+
+    Returns
+    -------
+    str
+        ``agreement 27.8% (10/36) · top-2 69.4% · Cohen's kappa 0.16 · SN precision 3/20 (15.0%)
+        · SN recall 3/5 (60.0%) · bogus found 1/6``; SN precision is ``n/a`` when the model calls
+        no alert SN, and a set without alerts is ``no alert``.
+
+    Examples
+    --------
+    >>> line = metrics_line(key_metrics(np.eye(5)[[1, 1, 4]], np.eye(5)[[1, 0, 1]]))
+    >>> line.split(" · ")[0]
+    'agreement 33.3% (1/3)'
+    >>> line.split(" · ")[3:]
+    ['SN precision 1/2 (50.0%)', 'SN recall 1/2 (50.0%)', 'bogus found 0/1']
+    """
+    if not metrics["n"]:
+        return "no alert"
+    bogus = metrics["recovery"]["bogus"]
+    return (
+        f"agreement {100 * metrics['agreement']:.1f}% "
+        f"({metrics['agreement_count']}/{metrics['n']})"
+        f" · top-2 {100 * metrics['top2_agreement']:.1f}%"
+        f" · Cohen's kappa {metrics['cohen_kappa']:.2f}"
+        f" · SN precision {_share_text(metrics['sn_precision'])}"
+        f" · SN recall {_share_text(metrics['sn_recall'])}"
+        f" · bogus found {bogus['recovered']}/{bogus['count']}"
+    )
 
 
 def _model_label(info: Mapping[str, Any]) -> str:
@@ -283,7 +465,10 @@ def format_summary(result: Mapping[str, Any], out_dir: str | None = None) -> str
     Returns
     -------
     str
-        A few lines: models and counts, agreement, recovery per class, mean ``|Δp|`` per class.
+        A few lines: models and counts; :func:`metrics_line` for all alerts and for the first
+        detections among them (one ``first detections`` line when ``select`` is ``"first"``, as
+        every compared alert is one); recovery per class, for all alerts and for the first
+        detections; mean ``|Δp|`` per class.
     """
     unusable = result["unusable"]
     dead = ", ".join(f"{k} {v}" for k, v in unusable["by_reason"].items())
@@ -294,17 +479,28 @@ def format_summary(result: Mapping[str, Any], out_dir: str | None = None) -> str
     imputed = result.get("imputed", {}).get("alerts", 0)
     counts += f"; {imputed} with imputed features)" if imputed else ")"
     diff = result["probability_difference"]
+    first = result.get("first_detections")
     lines = [
         f"compare: {_model_label(result['model'])} vs reference "
-        f"{_model_label(result['reference'])} · {counts}",
-        f"agreement {100 * result['agreement']:.1f}% ({result['agreement_count']}/{result['n']})"
-        f" · top-2 {100 * result['top2_agreement']:.1f}% · Cohen's kappa "
-        f"{result['cohen_kappa']:.2f}",
-        f"recovery of the reference class: {recovery_line(result)}",
+        f"{_model_label(result['reference'])} · {counts}"
+    ]
+    if result.get("select") == "first":
+        lines += [
+            f"first detections: {metrics_line(result)}",
+            f"recovery of the reference class: {recovery_line(result)}",
+        ]
+    else:
+        lines.append(f"all alerts: {metrics_line(result)}")
+        if first is not None:
+            lines.append(f"first detections: {metrics_line(first)}")
+        lines.append(f"recovery of the reference class: {recovery_line(result)}")
+        if first is not None and first["n"]:
+            lines.append(f"recovery on first detections: {recovery_line(first)}")
+    lines.append(
         "mean |Δp|: "
         + " · ".join(f"{c} {diff['per_class'][c]['mean_abs']:.3f}" for c in result["class_names"])
-        + f" (max {diff['max_abs']:.3f})",
-    ]
+        + f" (max {diff['max_abs']:.3f})"
+    )
     if out_dir is not None:
         lines.append(f"outputs: {out_dir}/ ({REPORT_FILE}, {CSV_FILE}, {FIGURE_FILE})")
     return "\n".join(lines)
@@ -312,7 +508,8 @@ def format_summary(result: Mapping[str, Any], out_dir: str | None = None) -> str
 
 # --- files --------------------------------------------------------------------------------------
 def write_csv(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """One row per compared alert: ids, both classes, both probability vectors, max ``|Δp|``.
+    """One row per compared alert: ids, both classes, whether it is a first detection, both
+    probability vectors, max ``|Δp|`` and the imputed features.
 
     Parameters
     ----------
@@ -324,10 +521,11 @@ def write_csv(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
     Returns
     -------
     Path
-        ``path``.
+        ``path``. ``first_detection`` is ``True``/``False``, or empty when the report was made
+        without first-detection flags.
     """
     out = Path(path)
-    header = ["candid", "objectId", "reference_class", "model_class", "agree"]
+    header = ["candid", "objectId", "reference_class", "model_class", "agree", "first_detection"]
     header += [f"reference_{c}" for c in PROBABILITY_COLUMNS]
     header += [f"model_{c}" for c in PROBABILITY_COLUMNS]
     header += ["max_abs_dp", "imputed"]
@@ -339,6 +537,7 @@ def write_csv(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
             dp = max(abs(m - r) for m, r in zip(mod, ref, strict=True))
             writer.writerow(
                 [a["candid"], a["objectId"], a["reference_class"], a["model_class"], a["agree"]]
+                + [a.get("first_detection", "")]
                 + [f"{x:.6g}" for x in ref]
                 + [f"{x:.6g}" for x in mod]
                 + [f"{dp:.6g}", ";".join(a.get("imputed", []))]
@@ -352,12 +551,16 @@ def plot_compare(
     model_label: str = "model",
     reference_label: str = "reference",
 ) -> Path:
-    """The comparison picture: the confusion matrix and ``p_model`` against ``p_reference``.
+    """The comparison picture: the confusion matrix, ``p_model`` against ``p_reference``, and what
+    matters for the SN hunt on all alerts and on first detections.
 
-    Left, the confusion matrix (rows reference class, columns model class) annotated with counts
-    and row fractions, shaded by row fraction; right, one scatter per class of the model's
-    probability against the reference's (points on the diagonal agree exactly), and the
-    histograms of ``|Δp|`` per class.
+    Top left, the confusion matrix (rows reference class, columns model class) annotated with
+    counts and row fractions, shaded by row fraction; top right, one scatter per class of the
+    model's probability against the reference's (points on the diagonal agree exactly), and the
+    histograms of ``|Δp|`` per class. Bottom, bars for all alerts beside the first detections
+    (``first_detections`` of the report, when present): left, agreement, top-2 agreement, SN
+    precision, SN recall and the reference's bogus recovered; right, recovery per reference
+    class; each bar labelled with its count.
 
     Parameters
     ----------
@@ -384,9 +587,11 @@ def plot_compare(
     mod = np.array([a["model_probabilities"] for a in report["alerts"]]).reshape(-1, k)
     agree = np.array([a["agree"] for a in report["alerts"]], bool)
 
-    fig = _new_figure(15.0, 6.6)
-    grid = fig.add_gridspec(2, 6, width_ratios=[1.25, 1.25, 1.25, 1, 1, 1])
-    ax = fig.add_subplot(grid[:, :3])
+    fig = _new_figure(15.0, 9.8)
+    grid = fig.add_gridspec(
+        3, 6, width_ratios=[1.25, 1.25, 1.25, 1, 1, 1], height_ratios=[1, 1, 0.95]
+    )
+    ax = fig.add_subplot(grid[:2, :3])
     cells = [
         [f"{counts[i, j]}\n{100 * frac[i, j]:.0f}%" if support[i] else "0\n–" for j in range(k)]
         for i in range(k)
@@ -451,7 +656,65 @@ def plot_compare(
     hx.tick_params(labelsize=7)
     hx.legend(fontsize=7, frameon=False)
     hx.set_title("|Δp| per class", fontsize=9)
+    _hunt_panels(fig.add_subplot(grid[2, :3]), fig.add_subplot(grid[2, 3:]), report)
     return _save(fig, path)
+
+
+def _hunt_panels(mx: Any, rx: Any, report: Mapping[str, Any]) -> None:
+    """Bars of the key metrics (``mx``) and per-class recovery (``rx``): all alerts beside the
+    first detections, each bar labelled ``numerator/denominator``."""
+    sets = [(f"all alerts (n={report['n']})", report, "0.55")]
+    first = report.get("first_detections")
+    if first is not None:
+        sets.append((f"first detections (n={first['n']})", first, "C1"))
+    width = 0.8 / len(sets)
+
+    def shares(m: Mapping[str, Any]) -> list[tuple[int, int]]:
+        bogus = m["recovery"]["bogus"]
+        return [
+            (m["agreement_count"], m["n"]),
+            (round(m["top2_agreement"] * m["n"]), m["n"]),
+            (m["sn_precision"]["numerator"], m["sn_precision"]["denominator"]),
+            (m["sn_recall"]["numerator"], m["sn_recall"]["denominator"]),
+            (bogus["recovered"], bogus["count"]),
+        ]
+
+    def recoveries(m: Mapping[str, Any]) -> list[tuple[int, int]]:
+        return [(m["recovery"][c]["recovered"], m["recovery"][c]["count"]) for c in CLASS_NAMES]
+
+    panels = [
+        (
+            mx,
+            [
+                "agreement",
+                "top-2\nagreement",
+                "SN precision\n(model's SN)",
+                "SN recall\n(ref.'s SN)",
+                "ref.'s bogus\nfound",
+            ],
+            shares,
+            "agreement with the reference: what matters for the SN hunt",
+        ),
+        (rx, list(CLASS_NAMES), recoveries, "recovery of the reference class"),
+    ]
+    for ax, groups, values, title in panels:
+        x = np.arange(len(groups))
+        for s, (label, metrics, color) in enumerate(sets):
+            pairs = values(metrics)
+            heights = [num / den if den else 0.0 for num, den in pairs]
+            pos = x - 0.4 + width * (s + 0.5)
+            ax.bar(pos, heights, width, color=color, edgecolor="black", lw=0.5, label=label)
+            for xi, h, (num, den) in zip(pos, heights, pairs, strict=True):
+                text = f"{num}/{den}" if den else "n/a"
+                ax.text(xi, h + 0.02, text, ha="center", va="bottom", fontsize=7.5)
+        ax.set_xticks(x, groups, fontsize=8.5)
+        ax.set_ylim(0, 1.18)
+        ax.set_yticks(np.linspace(0.0, 1.0, 6))
+        ax.tick_params(axis="y", labelsize=7.5)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8, frameon=False, loc="upper right", ncols=len(sets))
+    mx.set_ylabel("fraction", fontsize=8.5)
 
 
 # --- reading and scoring ------------------------------------------------------------------------
@@ -474,6 +737,10 @@ class Scored:
         that are not first detections.
     dead_letters
         Dead letters without their raw bytes: ``stage, reason, source, objectId, candid``.
+    first_detection
+        Per compared alert ``[N]``, whether it is its object's first detection: no earlier
+        detection in its ``prv_candidates``, and the earliest such alert of its object in the
+        input (what ``--select first`` keeps; every compared alert is one under it).
     """
 
     candids: np.ndarray
@@ -484,6 +751,7 @@ class Scored:
     alerts_decoded: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    first_detection: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
 def imputed_features(candidate: Mapping[str, Any], feature_names: Iterable[str]) -> list[str]:
@@ -554,6 +822,21 @@ def _aligned(alerts: Sequence[Any], examples: Sequence[tuple[int, dict]]) -> lis
     return out
 
 
+def _first_in_input(outcomes: Sequence[tuple[str | None, tuple, Any, Any, bool]]) -> list[bool]:
+    """Per outcome ``(objectId, order key, row, dead letter, no earlier detection in history)``:
+    whether it is a history-clean alert that is the earliest clean one of its object. An
+    object's earliest clean alert wins whether it was scored or dead, as the pipeline selects
+    before featurising; an alert without an object is judged by its history alone."""
+    best: dict[str, tuple] = {}
+    for object_id, order, _, _, clean in outcomes:
+        if clean and object_id is not None and (object_id not in best or order < best[object_id]):
+            best[object_id] = order
+    return [
+        clean and (object_id is None or best[object_id] == order)
+        for object_id, order, _, _, clean in outcomes
+    ]
+
+
 def score_alerts(
     patterns: Sequence[str],
     model_dir: str,
@@ -589,7 +872,8 @@ def score_alerts(
     Returns
     -------
     Scored
-        Probabilities of both models on the compared alerts, in input order.
+        Probabilities of both models on the compared alerts, in input order, and which of them
+        are first detections (judged as ``--select first`` judges, whatever ``select`` is).
 
     Raises
     ------
@@ -602,8 +886,9 @@ def score_alerts(
 
     dead: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
-    # Per scored or dead alert: (objectId, order key, row or None, dead letter or None).
-    outcomes: list[tuple[str, tuple, int | None, dict | None]] = []
+    # Per scored or dead alert: (objectId, order key, row or None, dead letter or None, no
+    # earlier detection in its history).
+    outcomes: list[tuple[str, tuple, int | None, dict | None, bool]] = []
     candids: list[int] = []
     objects: list[str] = []
     model_probs: list[np.ndarray] = []
@@ -632,9 +917,14 @@ def score_alerts(
             by_alert = {id(a): ex for a, ex in pairs}
             both = [(a, by_alert[id(a)], ex) for a, ex in _aligned(alerts, second.examples)]
         order_of = {a.candid: key(a) for a in pending}
+        clean_of = {
+            a.candid: history_skip_reason(a.candidate, a.prv_candidates) is None for a in pending
+        }
         for letter in letters:
             slim = _slim_dead_letter(letter)
-            outcomes.append((slim["objectId"], order_of.get(slim["candid"], ()), None, slim))
+            candid = slim["candid"]
+            order, clean = order_of.get(candid, ()), clean_of.get(candid, select == "first")
+            outcomes.append((slim["objectId"], order, None, slim, clean))
         if both:
             stamps = np.stack([ex["stamps"] for _, ex, _ in both])
             p_mod = evaluate_model(
@@ -645,7 +935,8 @@ def score_alerts(
                 reference_dir, np.stack([ex["features"] for _, _, ex in both]), stamps
             )
             for i, (alert, _, _) in enumerate(both):
-                outcomes.append((alert.object_id, key(alert), len(candids), None))
+                clean = clean_of[alert.candid]
+                outcomes.append((alert.object_id, key(alert), len(candids), None, clean))
                 candids.append(alert.candid)
                 objects.append(alert.object_id)
                 model_probs.append(p_mod[i])
@@ -671,23 +962,18 @@ def score_alerts(
     flush()
 
     keep = np.ones(len(candids), bool)
-    if select == "first":
-        # An object's earliest alert wins, whether it was scored or dead (as the pipeline selects
-        # before featurising); its later alerts are skipped.
-        best: dict[str, tuple] = {}
-        for object_id, order, _, _ in outcomes:
-            if object_id is not None and (object_id not in best or order < best[object_id]):
-                best[object_id] = order
-        for object_id, order, row, letter in outcomes:
-            if object_id is not None and best[object_id] != order:
-                skipped[SKIP_NOT_FIRST_IN_INPUT] += 1
-                if row is not None:
-                    keep[row] = False
-                continue
-            if letter is not None:
-                dead.append(letter)
-    else:
-        dead += [letter for *_, letter in outcomes if letter is not None]
+    first_detection = np.zeros(len(candids), bool)
+    firsts = _first_in_input(outcomes)
+    for (_, _, row, letter, _), is_first in zip(outcomes, firsts, strict=True):
+        if row is not None:
+            first_detection[row] = is_first
+        if select == "first" and not is_first:
+            # Every outcome is history-clean here: an object's later alerts are skipped.
+            skipped[SKIP_NOT_FIRST_IN_INPUT] += 1
+            if row is not None:
+                keep[row] = False
+        elif letter is not None:
+            dead.append(letter)
     k = len(CLASS_NAMES)
     return Scored(
         candids=np.array(candids, np.int64)[keep],
@@ -698,6 +984,7 @@ def score_alerts(
         alerts_decoded=decoded,
         skipped=dict(sorted(skipped.items())),
         dead_letters=dead,
+        first_detection=first_detection[keep],
     )
 
 
@@ -766,8 +1053,11 @@ def compare(
         set), ``inputs``, ``select``, ``stamp_policy``, ``rules`` (``"none"``),
         ``alerts_decoded``, ``skipped`` by reason, ``unusable`` (``count``, ``by_stage``,
         ``by_reason`` as ``stage:code``, ``records``), ``imputed`` (compared alerts with an imputed
-        feature, and counts by feature), then every key of :func:`agreement_report`; each entry of
-        ``alerts`` also lists its ``imputed`` features.
+        feature, and counts by feature), then every key of :func:`agreement_report`, with
+        ``first_detections`` (the key metrics, :func:`key_metrics`, of the compared alerts that
+        are their object's first detection; all of them under ``select="first"``) and
+        ``sn_precision``/``sn_recall`` for all alerts; each entry of ``alerts`` also says whether
+        it is a ``first_detection`` and lists its ``imputed`` features.
 
     Raises
     ------
@@ -809,6 +1099,7 @@ def compare(
         scored.ref_probs,
         scored.model_probs,
         list(zip(scored.candids.tolist(), scored.object_ids.tolist(), strict=True)),
+        scored.first_detection,
     )
     for entry, names in zip(report["alerts"], scored.imputed, strict=True):
         entry["imputed"] = names

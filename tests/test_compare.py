@@ -1,6 +1,7 @@
-"""``stampflow compare``: the pure agreement report on hand-made probabilities with known answers,
-then the command end to end on the real alerts (self-comparison, ALeRCE's model as reference,
-first detections) and the user's mistakes that must be one line and exit code 2."""
+"""``stampflow compare``: the pure agreement report on hand-made probabilities with known answers
+(all alerts and first detections, SN precision), then the command end to end on the real alerts
+(self-comparison, ALeRCE's model as reference, first detections) and the user's mistakes that must
+be one line and exit code 2."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from model.compare import (
     agreement_report,
     format_summary,
     imputed_features,
+    key_metrics,
+    metrics_line,
     plot_compare,
     recovery_line,
+    sn_precision,
     write_csv,
 )
 from pipeline.cli import main
@@ -36,6 +40,13 @@ def soft(classes: list[int], top: float = 0.6) -> np.ndarray:
     p = np.full((len(classes), 5), (1.0 - top) / 4)
     p[np.arange(len(classes)), classes] = top
     return p
+
+
+def two(first: int, second: int) -> list[float]:
+    """A row with 0.6 on ``first``, 0.25 on ``second`` and 0.05 on the other three."""
+    row = [0.05] * 5
+    row[first], row[second] = 0.6, 0.25
+    return row
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -183,6 +194,200 @@ def test_csv_and_picture_from_a_small_report(tmp_path):
     assert width > 1000 and height > 500
 
 
+# --- first detections and SN precision (pure) ---------------------------------------------------
+# Ten alerts; rows 1, 2, 5, 6, 7, 8 are first detections. The model's second class decides top-2.
+HUNT_REF = soft([AGN, SN, SN, SN, VS, AST, AST, BOGUS, BOGUS, SN])
+HUNT_MOD = np.array(
+    [
+        two(AGN, SN),  # agree
+        two(SN, AGN),  # agree (first)
+        two(VS, SN),  # SN called VS, SN second: top-2 hit (first)
+        two(SN, VS),  # agree
+        two(VS, AGN),  # agree
+        two(SN, BOGUS),  # asteroid called SN: top-2 miss (first)
+        two(BOGUS, AST),  # asteroid called bogus: top-2 hit (first)
+        two(SN, VS),  # bogus called SN: top-2 miss (first)
+        two(BOGUS, SN),  # agree (first)
+        two(AGN, VS),  # SN called AGN: top-2 miss
+    ]
+)
+HUNT_FIRST = [False, True, True, False, False, True, True, True, True, False]
+
+
+def _hunt_report() -> dict:
+    return agreement_report(HUNT_REF, HUNT_MOD, [(i, f"ZTF{i}") for i in range(10)], HUNT_FIRST)
+
+
+def test_sn_precision_is_the_share_of_the_models_sn_the_reference_calls_sn():
+    # The model calls rows 0, 2, 3 SN; the reference calls row 0 SN of them (and row 1, missed).
+    assert sn_precision([SN, SN, VS, BOGUS, SN], [SN, VS, SN, SN, AGN]) == {
+        "numerator": 1,
+        "denominator": 3,
+        "fraction": pytest.approx(1 / 3),
+    }
+    assert sn_precision([SN, SN], [SN, SN])["fraction"] == 1.0
+    assert sn_precision([], []) == {"numerator": 0, "denominator": 0, "fraction": None}
+    with pytest.raises(ValueError, match="length"):
+        sn_precision([SN], [SN, SN])
+
+
+def test_model_calling_nothing_sn_has_null_sn_precision():
+    ref = soft([SN, SN, VS, BOGUS])
+    mod = soft([AGN, VS, VS, BOGUS])
+    r = agreement_report(ref, mod, first_detection=[True, False, True, True])
+    assert r["sn_precision"] == {"numerator": 0, "denominator": 0, "fraction": None}
+    assert r["sn_recall"] == {"numerator": 0, "denominator": 2, "fraction": 0.0}
+    assert r["first_detections"]["sn_precision"]["fraction"] is None
+    assert r["first_detections"]["sn_recall"] == {"numerator": 0, "denominator": 1, "fraction": 0.0}
+    assert "sn_precision.fraction" in r["undefined"]
+    assert "sn_precision.fraction" in r["first_detections"]["undefined"]
+    assert "SN precision 0/0 (n/a) · SN recall 0/2 (0.0%) · bogus found 1/1" in metrics_line(r)
+    text = json.dumps(r, allow_nan=False)
+    assert '"sn_precision": {"numerator": 0, "denominator": 0, "fraction": null}' in text
+    # Nor does the reference call anything SN: recall is null too.
+    r = agreement_report(soft([VS, BOGUS]), soft([VS, AGN]))
+    assert r["sn_recall"] == {"numerator": 0, "denominator": 0, "fraction": None}
+    assert "sn_recall.fraction" in r["undefined"]
+
+
+def test_all_alerts_and_first_detections_have_the_known_answers():
+    r = _hunt_report()
+    # All ten: agree on rows 0, 1, 3, 4, 8; model SN on rows 1, 3, 5, 7 (reference SN: 1, 3);
+    # reference SN on rows 1, 2, 3, 9 (model SN: 1, 3); reference bogus 7, 8 (model bogus: 8).
+    assert (r["n"], r["agreement_count"], r["agreement"]) == (10, 5, 0.5)
+    assert r["top2_agreement"] == pytest.approx(0.7)  # misses: rows 5, 7, 9
+    # p_e = (AGN 1*2 + SN 4*4 + VS 1*2 + asteroid 2*0 + bogus 2*2) / 100 = 0.24
+    assert r["cohen_kappa"] == pytest.approx((0.5 - 0.24) / (1 - 0.24))
+    assert r["sn_precision"] == {"numerator": 2, "denominator": 4, "fraction": 0.5}
+    assert r["sn_recall"] == {"numerator": 2, "denominator": 4, "fraction": 0.5}
+    assert r["recovery"]["bogus"] == {"count": 2, "recovered": 1, "fraction": 0.5}
+
+    f = r["first_detections"]
+    # Rows 1, 2, 5, 6, 7, 8: reference SN SN ast ast bogus bogus, model SN VS SN bogus SN bogus.
+    assert (f["n"], f["agreement_count"], f["agreement"]) == (6, 2, pytest.approx(1 / 3))
+    assert f["top2_agreement"] == pytest.approx(4 / 6)  # misses: rows 5, 7
+    # p_e = (SN 2*3 + asteroid 2*0 + bogus 2*2) / 36 = 10/36; kappa = (12/36 - 10/36) / (26/36)
+    assert f["cohen_kappa"] == pytest.approx(1 / 13)
+    assert f["sn_precision"] == {"numerator": 1, "denominator": 3, "fraction": pytest.approx(1 / 3)}
+    assert f["sn_recall"] == {"numerator": 1, "denominator": 2, "fraction": 0.5}
+    assert recovery_line(f) == "AGN 0/0 · SN 1/2 · VS 0/0 · asteroid 0/2 · bogus 1/2"
+    assert set(f["undefined"]) == {"recovery.AGN", "recovery.VS"}
+    assert f["predicted_counts"]["model"] == {"AGN": 0, "SN": 3, "VS": 1, "asteroid": 0, "bogus": 2}
+    assert [a["first_detection"] for a in r["alerts"]] == HUNT_FIRST
+    json.dumps(r, allow_nan=False)
+
+
+def test_first_detections_are_the_key_metrics_of_those_alerts_alone():
+    r = _hunt_report()
+    rows = np.flatnonzero(HUNT_FIRST)
+    alone = agreement_report(HUNT_REF[rows], HUNT_MOD[rows])
+    assert r["first_detections"] == key_metrics(HUNT_REF[rows], HUNT_MOD[rows])
+    for key, value in r["first_detections"].items():
+        assert alone[key] == value, key
+    # Every alert a first detection: both sections say the same.
+    everyone = agreement_report(HUNT_REF, HUNT_MOD, first_detection=[True] * 10)
+    for key, value in everyone["first_detections"].items():
+        assert everyone[key] == value, key
+    # Without flags there is no section and no per-alert flag.
+    plain = agreement_report(HUNT_REF, HUNT_MOD)
+    assert "first_detections" not in plain and "first_detection" not in plain["alerts"][0]
+    with pytest.raises(ValueError, match="first_detection"):
+        agreement_report(HUNT_REF, HUNT_MOD, first_detection=[True] * 9)
+
+
+def test_no_first_detection_gives_an_empty_section():
+    r = agreement_report(HUNT_REF, HUNT_MOD, first_detection=[False] * 10)
+    f = r["first_detections"]
+    assert (f["n"], f["agreement_count"], f["agreement"], f["cohen_kappa"]) == (0, 0, 0.0, 0.0)
+    assert f["top2_agreement"] == 0.0
+    assert f["sn_precision"] == {"numerator": 0, "denominator": 0, "fraction": None}
+    assert {"agreement", "cohen_kappa", "sn_precision.fraction"} <= set(f["undefined"])
+    assert metrics_line(f) == "no alert"
+    json.dumps(r, allow_nan=False)
+
+
+def test_first_in_input_is_the_earliest_history_clean_alert_of_each_object():
+    from model.compare import _first_in_input
+
+    letter = {"stage": "stamps"}
+    outcomes = [  # (objectId, order key, row, dead letter, no earlier detection in history)
+        ("A", (2.0, 11), 0, None, True),  # A's two clean alerts (histories missing): later one
+        ("A", (1.0, 10), 1, None, True),  # the earliest clean alert of A
+        ("B", (1.0, 20), 2, None, False),  # an earlier detection in its history
+        ("C", (1.0, 30), None, letter, True),  # C's earliest clean alert is dead: it still wins
+        ("C", (2.0, 31), 3, None, True),
+        (None, (), 4, None, True),  # no object: its history decides
+        (None, (), 5, None, False),
+    ]
+    assert _first_in_input(outcomes) == [False, True, False, True, False, True, False]
+
+
+def _result(report: dict, select: str = "all") -> dict:
+    """``report`` with what :func:`compare` adds, as :func:`format_summary` reads it."""
+    return {
+        "model": {"name": "m", "version": "1"},
+        "reference": {"name": "ref", "version": "2"},
+        "select": select,
+        "alerts_decoded": report["n"] + 2,
+        "skipped": {"duplicate_candid": 2},
+        "unusable": {"count": 0, "by_reason": {}},
+        **report,
+    }
+
+
+def test_summary_lines_for_all_alerts_and_first_detections():
+    lines = format_summary(_result(_hunt_report()), "out").splitlines()
+    assert lines[0] == (
+        "compare: m 1 vs reference ref 2 · 10 alerts compared (12 decoded; skipped: "
+        "duplicate_candid 2)"
+    )
+    assert lines[1] == (
+        "all alerts: agreement 50.0% (5/10) · top-2 70.0% · Cohen's kappa 0.34 · "
+        "SN precision 2/4 (50.0%) · SN recall 2/4 (50.0%) · bogus found 1/2"
+    )
+    assert lines[2] == (
+        "first detections: agreement 33.3% (2/6) · top-2 66.7% · Cohen's kappa 0.08 · "
+        "SN precision 1/3 (33.3%) · SN recall 1/2 (50.0%) · bogus found 1/2"
+    )
+    assert lines[3] == (
+        "recovery of the reference class: AGN 1/1 · SN 2/4 · VS 1/1 · asteroid 0/2 · bogus 1/2"
+    )
+    assert lines[4] == (
+        "recovery on first detections: AGN 0/0 · SN 1/2 · VS 0/0 · asteroid 0/2 · bogus 1/2"
+    )
+    assert lines[5].startswith("mean |Δp|: AGN ")
+    assert lines[6] == "outputs: out/ (compare.json, compare.csv, compare.png)"
+    assert len(lines) == 7
+
+
+def test_summary_under_select_first_has_one_metrics_line():
+    report = agreement_report(HUNT_REF, HUNT_MOD, first_detection=[True] * 10)
+    text = format_summary(_result(report, "first"))
+    assert "all alerts" not in text and "recovery on first detections" not in text
+    assert text.splitlines()[1].startswith("first detections: agreement 50.0% (5/10) · top-2 ")
+    # No first detection among the compared alerts: said once, no empty recovery line.
+    empty = format_summary(
+        _result(agreement_report(HUNT_REF, HUNT_MOD, [(i, "") for i in range(10)], [False] * 10))
+    )
+    assert "first detections: no alert" in empty
+    assert "recovery on first detections" not in empty
+
+
+def test_csv_and_picture_carry_the_first_detections(tmp_path):
+    r = _hunt_report()
+    rows = list(csv.DictReader(write_csv(r, tmp_path / "c.csv").open()))
+    assert [row["first_detection"] == "True" for row in rows] == HUNT_FIRST
+    plain = list(
+        csv.DictReader(write_csv(agreement_report(HUNT_REF, HUNT_MOD), tmp_path / "p.csv").open())
+    )
+    assert {row["first_detection"] for row in plain} == {""}
+    width, height = png_size(plot_compare(r, tmp_path / "c.png"))
+    assert width > 1000 and height > 900
+    # No SN called by the model, no first detection: the bars say n/a, the picture is drawn.
+    none = agreement_report(soft([SN, VS]), soft([VS, VS]), first_detection=[False, False])
+    assert png_size(plot_compare(none, tmp_path / "none.png"))[1] > 900
+
+
 # --- the command on real alerts -----------------------------------------------------------------
 def _compare(tmp_path: Path, model: Path, reference: Path, *extra: str) -> tuple[int, dict]:
     out = tmp_path / "cmp"
@@ -212,6 +417,28 @@ def _assert_reconciles(result: dict) -> None:
     assert result["alerts_decoded"] == result["n"] + skipped + after_decode
 
 
+#: Distinct real 63x63 alerts without an earlier detection in their history (37 such distinct
+#: alerts, one with a stamp that is not 63x63), as ``--select first`` compares them.
+REAL_FIRST_DETECTIONS = 36
+
+
+def _assert_first_detections_consistent(result: dict) -> None:
+    """The first-detection section counts what the per-alert flags say."""
+    first = [a for a in result["alerts"] if a["first_detection"]]
+    f = result["first_detections"]
+    assert f["n"] == len(first) <= result["n"]
+    assert f["agreement_count"] == sum(a["agree"] for a in first)
+    assert sum(v["count"] for v in f["recovery"].values()) == f["n"]
+    assert sum(v["recovered"] for v in f["recovery"].values()) == f["agreement_count"]
+    for section, alerts in ((result, result["alerts"]), (f, first)):
+        model_sn = [a for a in alerts if a["model_class"] == "SN"]
+        both = sum(a["reference_class"] == "SN" for a in model_sn)
+        assert section["sn_precision"]["denominator"] == len(model_sn)
+        assert section["sn_precision"]["numerator"] == both
+        assert section["sn_recall"]["numerator"] == both == section["recovery"]["SN"]["recovered"]
+        assert section["sn_recall"]["denominator"] == section["recovery"]["SN"]["count"]
+
+
 @needs_real
 def test_self_comparison_on_real_alerts_agrees_completely(tmp_path, capsys):
     code, r = _compare(tmp_path, DEFAULT_MODEL, DEFAULT_MODEL)
@@ -228,6 +455,9 @@ def test_self_comparison_on_real_alerts_agrees_completely(tmp_path, capsys):
         "recovery",
         "predicted_counts",
         "probability_difference",
+        "sn_precision",
+        "sn_recall",
+        "first_detections",
         "alerts",
     ):
         assert key in r, key
@@ -244,13 +474,23 @@ def test_self_comparison_on_real_alerts_agrees_completely(tmp_path, capsys):
     assert r["model"]["name"] == r["reference"]["name"] == "stampflow-sim"
     assert r["model"]["feature_set"] == "production"
     assert all(a["model_probabilities"] == a["reference_probabilities"] for a in r["alerts"])
+    _assert_first_detections_consistent(r)
+    f = r["first_detections"]
+    assert f["n"] == REAL_FIRST_DETECTIONS
+    assert f["agreement"] == 1.0 and f["cohen_kappa"] == pytest.approx(1.0)
+    model_sn = r["predicted_counts"]["model"]["SN"]
+    assert model_sn > 0
+    assert r["sn_precision"] == {"numerator": model_sn, "denominator": model_sn, "fraction": 1.0}
     out = tmp_path / "cmp"
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert len(rows) == 220
+    assert sum(row["first_detection"] == "True" for row in rows) == REAL_FIRST_DETECTIONS
     width, height = png_size(out / "compare.png")
-    assert width > 1000 and height > 500
+    assert width > 1000 and height > 900
     printed = capsys.readouterr().out
-    assert "agreement 100.0% (220/220)" in printed
+    assert "all alerts: agreement 100.0% (220/220)" in printed
+    assert f"first detections: agreement 100.0% ({REAL_FIRST_DETECTIONS}/" in printed
+    assert f"SN precision {model_sn}/{model_sn} (100.0%)" in printed
     assert "recovery of the reference class: AGN " in printed
 
 
@@ -260,6 +500,11 @@ def test_first_detections_only(tmp_path):
     assert code == 0
     assert r["select"] == "first"
     assert 0 < r["n"] < 220
+    assert r["n"] == r["first_detections"]["n"] == REAL_FIRST_DETECTIONS
+    assert all(a["first_detection"] for a in r["alerts"])
+    _assert_first_detections_consistent(r)
+    for key, value in r["first_detections"].items():
+        assert r[key] == value, key
     assert r["skipped"]["earlier_detection_in_history"] > 100
     _assert_reconciles(r)
     objects = [a["objectId"] for a in r["alerts"]]
@@ -323,7 +568,23 @@ def test_reference_probabilities_are_alerce_tf1_graph(tmp_path, alerce_model):
     assert ref_classes == [CLASS_NAMES[int(i)] for i in want.argmax(1)]
     recovered = sum(v["recovered"] for v in r["recovery"].values())
     assert recovered == r["agreement_count"]
-    assert format_summary(r).count("\n") == 3
+    _assert_first_detections_consistent(r)
+    assert r["first_detections"]["n"] == REAL_FIRST_DETECTIONS
+    # The first detections --select all finds are the alerts --select first compares.
+    code, first = _compare(tmp_path / "first", DEFAULT_MODEL, alerce_model, "--select", "first")
+    assert code == 0
+    flagged = {a["candid"] for a in r["alerts"] if a["first_detection"]}
+    assert flagged == {a["candid"] for a in first["alerts"]}
+    for key in ("n", "agreement_count", "top2_agreement", "recovery", "sn_precision", "sn_recall"):
+        assert r["first_detections"][key] == first[key], key
+    lines = format_summary(r).splitlines()
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "all alerts",
+        "first detections",
+        "recovery of the reference class",
+        "recovery on first detections",
+        "mean |Δp|",
+    ]
 
 
 # --- a user's mistakes: one line on stderr, exit code 2 -----------------------------------------
