@@ -8,9 +8,16 @@
 4. Train (SPEC §6): class-balanced batches, Adam(lr, β1 0.5, β2 0.9), loss cross-entropy − β
    entropy, validation loss every ``--val-every`` iterations, keep the best weights, stop after
    30k iterations (+10k while the best validation loss keeps improving after 20k) or at the
-   ``--max-steps`` / ``--max-minutes`` budget.
+   ``--max-steps`` / ``--max-minutes`` budget. With ``--augment default`` (the default) each
+   training batch is drawn from the *raw* examples, augmented (:mod:`model.augment`: rotations
+   and flips, PSF mismatch, misregistration, zero point, noise, background, saturation: what the
+   simulator cannot pin down) and run through the fitted transform, so the network sees what
+   serving would compute for such an alert; validation and test inputs are never augmented.
+   ``--augment none`` trains on the transformed examples as before, batch for batch.
 5. Export the SavedModel with the transform embedded, reload it, and evaluate it on the test split:
-   ``report.json`` and pictures in ``OUT/evaluation``.
+   ``report.json`` and pictures in ``OUT/evaluation``; ``OUT/training_curve.json`` holds the
+   learning curve (training and validation loss against the step) and the metadata records the
+   augmentation.
 
 ``--init-from MODEL`` fine-tunes an exported model (e.g. a small labelled real set on top of the
 simulated default or an imported ALeRCE model): the network is built with MODEL's architecture
@@ -35,11 +42,13 @@ import io
 import json
 import math
 import os
+import queue
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,17 +56,21 @@ from typing import Any
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from model.augment import PRESETS as AUGMENT_PRESETS
+from model.augment import AugmentConfig, augment_batch
 from pipeline.argtypes import non_negative_int, positive_int
 from transforms.schema import CLASS_NAMES, FEATURES_ALERCE_26, FEATURES_PRODUCTION
 
 __all__ = [
     "FEATURE_SETS",
+    "Augmentation",
     "Dataset",
     "HParams",
     "InitModel",
     "TrainError",
     "add_arguments",
     "assign_weights",
+    "batch_transform",
     "evaluate_command",
     "evaluate_model",
     "load_dataset",
@@ -69,11 +82,16 @@ __all__ = [
     "split_by_object",
     "train",
     "train_network",
+    "training_batches",
 ]
 
 FEATURE_SETS = {"production": FEATURES_PRODUCTION, "alerce26": FEATURES_ALERCE_26}
 #: Architecture flags when neither given nor taken from ``--init-from``.
 DEFAULT_KERNEL, DEFAULT_CROP, DEFAULT_FEATURES = 5, 21, "production"
+#: ``--augment`` when not given: new models are trained for the simulated-to-real transfer.
+DEFAULT_AUGMENT = "default"
+#: Learning curve written beside the exported model.
+CURVE_FILE = "training_curve.json"
 
 
 class TrainError(ValueError):
@@ -456,6 +474,171 @@ def _balanced_batches(labels: np.ndarray, batch: int, rng: np.random.Generator) 
         yield np.array([by_class[c][rng.integers(len(by_class[c]))] for c in classes])
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """What per-batch augmentation needs beside the transformed training set (``--augment``).
+
+    Attributes
+    ----------
+    config
+        Probabilities and strengths (:class:`model.augment.AugmentConfig`).
+    features, stamps
+        Raw examples, ``float32 [M, F]`` and ``[M, 63, 63, 3]`` (the whole data set: not copied).
+    rows
+        ``int [N]``: training example ``i`` (of ``train_xf``) is raw row ``rows[i]``.
+    feature_names
+        Feature order (the augmentations find magnitudes and ``fwhm`` by name).
+    transform
+        ``transform(features, stamps) -> (features_xf, stamps_xf)``: the fitted tf.Transform
+        graph, applied to each augmented batch.
+    """
+
+    config: AugmentConfig
+    features: np.ndarray
+    stamps: np.ndarray
+    rows: np.ndarray
+    feature_names: tuple[str, ...]
+    transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def training_batches(
+    train_xf: tuple[np.ndarray, np.ndarray, np.ndarray],
+    batch_size: int,
+    seed: int,
+    augmentation: Augmentation | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Endless class-balanced training batches ``(features_xf, stamps_xf, labels)``.
+
+    The example indices come from ``default_rng(seed)`` whether or not the batches are augmented
+    (the augmentation draws from an independent child stream of ``seed``), so ``--augment none``
+    and ``--augment default`` see the same examples in the same order, and ``--augment none``
+    the very batches of the unaugmented training.
+
+    Parameters
+    ----------
+    train_xf
+        ``(features_xf, stamps_xf, labels)`` of the training split.
+    batch_size
+        Examples per batch.
+    seed
+        Seeds the sampling and the augmentation.
+    augmentation
+        None (or an identity config): slices of ``train_xf``. Else each batch's raw examples are
+        augmented with :func:`model.augment.augment_batch` and transformed.
+
+    Yields
+    ------
+    (features_xf, stamps_xf, labels)
+    """
+    features_xf, stamps_xf, labels = train_xf
+    batches = _balanced_batches(labels, batch_size, np.random.default_rng(seed))
+    if augmentation is None or augmentation.config.is_identity:
+        for idx in batches:
+            yield features_xf[idx], stamps_xf[idx], labels[idx]
+        return
+    aug = augmentation
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    for idx in batches:
+        raw = aug.rows[idx]
+        f, s = augment_batch(aug.features[raw], aug.stamps[raw], aug.feature_names, aug.config, rng)
+        f_xf, s_xf = aug.transform(f, s)
+        yield f_xf, s_xf, labels[idx]
+
+
+class _Prefetch:
+    """Run an endless batch iterator in a background thread, ``depth`` batches ahead.
+
+    Augmenting and transforming a batch is NumPy and TF work that leaves the GIL for most of its
+    time, so it overlaps the optimiser step (fully on a GPU, partly on a few CPU cores). The
+    batches come in the iterator's order: prefetching changes no result. An exception in the
+    producer is raised by :meth:`__next__`; :meth:`close` stops the thread.
+    """
+
+    def __init__(self, source: Iterator[Any], depth: int = 2) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self.busy_seconds = 0.0  # producer time spent making batches
+        self.produced = 0
+        self._thread = threading.Thread(
+            target=self._run, args=(source,), name="stampflow-augment", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: tuple[Any, BaseException | None]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, source: Iterator[Any]) -> None:
+        try:
+            while True:
+                t0 = time.perf_counter()
+                item = next(source)
+                self.busy_seconds += time.perf_counter() - t0
+                self.produced += 1
+                if not self._put((item, None)):
+                    return
+        except Exception as e:  # handed to the training loop, raised there
+            self._put((None, e))
+
+    def __iter__(self) -> _Prefetch:
+        return self
+
+    def __next__(self) -> Any:
+        item, error = self._queue.get()
+        if error is not None:
+            raise error
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def batch_transform(
+    transform_dir: str,
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The fitted tf.Transform graph as a per-batch NumPy function (one load, one trace).
+
+    Parameters
+    ----------
+    transform_dir
+        Output of :func:`model.export.fit_transform`.
+
+    Returns
+    -------
+    callable
+        ``(features [B, F], stamps [B, 63, 63, 3]) -> (features_xf, stamps_xf)``, float32, the
+        same graph :func:`model.export.apply_transform` and the exported model run.
+    """
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from transforms.schema import (
+        RAW_FEATURES_KEY,
+        RAW_STAMPS_KEY,
+        TRANSFORMED_FEATURES_KEY,
+        TRANSFORMED_STAMPS_KEY,
+    )
+
+    layer = tft.TFTransformOutput(transform_dir).transform_features_layer()
+
+    @tf.function(reduce_retracing=True)
+    def run(f, s):
+        out = layer({RAW_FEATURES_KEY: f, RAW_STAMPS_KEY: s})
+        return out[TRANSFORMED_FEATURES_KEY], out[TRANSFORMED_STAMPS_KEY]
+
+    def transform(f: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f_xf, s_xf = run(tf.constant(f, tf.float32), tf.constant(s, tf.float32))
+        return f_xf.numpy(), s_xf.numpy()
+
+    return transform
+
+
 def train_network(
     train_xf: tuple[np.ndarray, np.ndarray, np.ndarray],
     val_xf: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -466,6 +649,7 @@ def train_network(
     max_minutes: float | None = None,
     log=print,
     initial_weights: dict[str, np.ndarray] | None = None,
+    augmentation: Augmentation | None = None,
 ):
     """Train the network on transformed inputs; return (network, config, history).
 
@@ -486,6 +670,22 @@ def train_network(
     initial_weights
         ``{"layer/variable": array}`` to start from (``--init-from``, see :func:`assign_weights`)
         instead of the seeded random initialisation.
+    augmentation
+        Augment each training batch from the raw examples (see :func:`training_batches`);
+        None trains on ``train_xf`` itself.
+
+    Returns
+    -------
+    (network, config, history)
+        ``history["summary"]``: steps, best step and validation loss, rates, what stopped it, and
+        mean wall times per batch: ``step_ms``, the optimiser step (the first, tracing step
+        excluded); ``batch_ms``, the wait for the batch; with augmentation, ``augment_ms``, the
+        time a background thread takes to make one (sampling, augmentation and transform: it
+        runs ahead, overlapping the steps, so ``batch_ms`` is what it costs the training).
+        ``history["curve"]``: one point per validation (step 0, 1 and every ``val_every``):
+        ``step``, ``val_loss``, ``train_loss`` (the loss of that step's batch) and
+        ``train_loss_mean`` (the mean over every step since the previous point, so the training
+        curve does not hang on the batches that happen to land on validation steps).
     """
     import keras
     import tensorflow as tf
@@ -493,7 +693,6 @@ def train_network(
     from model.network import NetworkConfig, build_network, entropy_regularized_loss
 
     keras.utils.set_random_seed(seed)
-    rng = np.random.default_rng(seed)
     config = NetworkConfig(
         kernel_size=hp.kernel_size,
         crop=hp.crop,
@@ -525,43 +724,66 @@ def train_network(
         return tf.reduce_mean(loss_fn(tf.one_hot(y, n_classes), probs))
 
     vf, vs, vy = (tf.constant(a) for a in val_xf)
-    tf_, ts, ty = train_xf
-    batches = _balanced_batches(ty, hp.batch_size, rng)
+    batches = training_batches(train_xf, hp.batch_size, seed, augmentation)
+    prefetch = None
+    if augmentation is not None and not augmentation.config.is_identity:
+        batches = prefetch = _Prefetch(batches)
     limit = hp.base_steps if max_steps is None else min(hp.base_steps, max_steps)
     deadline = time.monotonic() + 60 * max_minutes if max_minutes else math.inf
     # The starting weights are a candidate too: a fine-tune that never improves keeps them.
     best, best_step, best_weights = float(val_loss(vf, vs, vy)), 0, net.get_weights()
-    history: list[dict[str, float | None]] = [{"step": 0, "train_loss": None, "val_loss": best}]
+    history: list[dict[str, float | None]] = [
+        {"step": 0, "train_loss": None, "train_loss_mean": None, "val_loss": best}
+    ]
     started = time.monotonic()
     it = 0
+    since_point: list[float] = []  # training losses since the last curve point
+    batch_seconds = step_seconds = 0.0
     stop_reason = "paper rule"
-    while True:
-        if it >= limit:
-            # The paper's rule: extend while the best validation loss keeps improving after 20k.
-            if max_steps is None and best_step > hp.extend_after and it < 10 * hp.base_steps:
-                limit += hp.extend_by
-            else:
-                stop_reason = (
-                    "max steps" if max_steps is not None and it >= max_steps else stop_reason
-                )
+    try:
+        while True:
+            if it >= limit:
+                # The paper's rule: extend while the best validation loss keeps improving after 20k.
+                if max_steps is None and best_step > hp.extend_after and it < 10 * hp.base_steps:
+                    limit += hp.extend_by
+                else:
+                    stop_reason = (
+                        "max steps" if max_steps is not None and it >= max_steps else stop_reason
+                    )
+                    break
+            if time.monotonic() > deadline:
+                stop_reason = "time budget"
                 break
-        if time.monotonic() > deadline:
-            stop_reason = "time budget"
-            break
-        idx = next(batches)
-        train_loss = float(step(tf_[idx], ts[idx], ty[idx]))
-        it += 1
-        if it % hp.val_every == 0 or it == 1:
-            v = float(val_loss(vf, vs, vy))
-            history.append({"step": it, "train_loss": train_loss, "val_loss": v})
-            if v < best:
-                best, best_step, best_weights = v, it, net.get_weights()
-        if it % max(hp.val_every * 20, 100) == 0:
-            rate = it / (time.monotonic() - started)
-            log(
-                f"step {it:6d}  train {train_loss:.4f}  val {history[-1]['val_loss']:.4f}  "
-                f"best {best:.4f} @ {best_step}  {rate:.1f} steps/s"
-            )
+            t0 = time.perf_counter()
+            f, s, y = next(batches)
+            t1 = time.perf_counter()
+            train_loss = float(step(f, s, y))
+            batch_seconds += t1 - t0
+            step_seconds += (time.perf_counter() - t1) if it else 0.0  # the first step traces
+            it += 1
+            since_point.append(train_loss)
+            if it % hp.val_every == 0 or it == 1:
+                v = float(val_loss(vf, vs, vy))
+                history.append(
+                    {
+                        "step": it,
+                        "train_loss": train_loss,
+                        "train_loss_mean": float(np.mean(since_point)),
+                        "val_loss": v,
+                    }
+                )
+                since_point.clear()
+                if v < best:
+                    best, best_step, best_weights = v, it, net.get_weights()
+            if it % max(hp.val_every * 20, 100) == 0:
+                rate = it / (time.monotonic() - started)
+                log(
+                    f"step {it:6d}  train {train_loss:.4f}  val {history[-1]['val_loss']:.4f}  "
+                    f"best {best:.4f} @ {best_step}  {rate:.1f} steps/s"
+                )
+    finally:
+        if prefetch is not None:
+            prefetch.close()
     net.set_weights(best_weights)
     seconds = time.monotonic() - started
     summary = {
@@ -572,7 +794,11 @@ def train_network(
         "steps_per_s": round(it / seconds, 2) if seconds else None,
         "alerts_per_s": round(it * hp.batch_size / seconds, 1) if seconds else None,
         "stopped_by": stop_reason,
+        "batch_ms": round(1e3 * batch_seconds / it, 2) if it else None,
+        "step_ms": round(1e3 * step_seconds / (it - 1), 2) if it > 1 else None,
     }
+    if prefetch is not None and prefetch.produced:
+        summary["augment_ms"] = round(1e3 * prefetch.busy_seconds / prefetch.produced, 2)
     log(f"stopped after {it} steps ({stop_reason}); best validation loss {best:.4f} at {best_step}")
     return net, config, {"summary": summary, "curve": history}
 
@@ -681,6 +907,18 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
         for name, idx in (("train", tr), ("val", va)):
             f, s = apply_transform(transform_dir, data.features[idx], data.stamps[idx])
             xf[name] = (f, s, data.labels[idx])
+        augment_config = AUGMENT_PRESETS[args.augment]
+        augmentation = None
+        if not augment_config.is_identity:
+            augmentation = Augmentation(
+                augment_config,
+                data.features,
+                data.stamps,
+                tr,
+                tuple(feature_names),
+                batch_transform(transform_dir),
+            )
+            log(f"augmenting every training batch ({args.augment}: {augment_config})")
         net, config, history = train_network(
             xf["train"],
             xf["val"],
@@ -691,8 +929,10 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
             args.max_minutes,
             log,
             initial_weights=init.weights if init is not None else None,
+            augmentation=augmentation,
         )
         training = dict(history["summary"])
+        training["curve_file"] = CURVE_FILE
         started_from = ""
         if init is not None:
             training["init_from"] = {
@@ -721,13 +961,14 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
             {
                 "hyperparameters": asdict(hp),
                 "training": training,
+                "augmentation": {"preset": args.augment, **augment_config.to_dict()},
                 "splits": per_class,
                 "feature_stats": feature_stats,
             },
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    (out / "training_curve.json").write_text(json.dumps(history["curve"]))
+    (out / CURVE_FILE).write_text(json.dumps(history["curve"]))
     probs = evaluate_model(str(out), data.features[te], data.stamps[te])
     report = write_report(data.labels[te], probs, str(out / "evaluation"), name=args.name)
     meta["metrics"] = {k: report[k] for k in ("accuracy", "balanced_accuracy", "top2_accuracy")}
@@ -781,6 +1022,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("model", "refit"),
         default="model",
         help="with --init-from: keep the model's z-score statistics (default) or refit them",
+    )
+    parser.add_argument(
+        "--augment",
+        choices=sorted(AUGMENT_PRESETS),
+        default=DEFAULT_AUGMENT,
+        help=(
+            f"per-batch augmentation of the raw training examples (default {DEFAULT_AUGMENT}: "
+            "rotations/flips, PSF mismatch, misregistration, zero point, noise, background, "
+            "saturation; see model/augment.py); none: the unaugmented training"
+        ),
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--beta", type=float, default=0.5, help="entropy regulariser weight")

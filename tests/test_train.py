@@ -9,7 +9,17 @@ import json
 import numpy as np
 import pytest
 
-from model.train import add_arguments, load_dataset, read_labels, split_by_object, train
+from model.augment import AugmentConfig
+from model.train import (
+    Augmentation,
+    _balanced_batches,
+    add_arguments,
+    load_dataset,
+    read_labels,
+    split_by_object,
+    train,
+    training_batches,
+)
 from transforms.schema import FEATURES_PRODUCTION
 
 
@@ -52,6 +62,12 @@ def test_short_training_beats_chance_and_export_reloads(sim, tmp_path):
     on_disk = json.loads((tmp_path / "model" / "stampflow_model.json").read_text())
     assert on_disk["features"] == list(FEATURES_PRODUCTION) and on_disk["crop"] == 21
     assert on_disk["training"]["steps"] == 120
+    # Trained with the default augmentation, recorded; the learning curve is saved beside it.
+    assert on_disk["augmentation"] == {"preset": "default", **AugmentConfig().to_dict()}
+    assert on_disk["training"]["batch_ms"] > 0 and on_disk["training"]["step_ms"] > 0
+    curve = json.loads((tmp_path / "model" / on_disk["training"]["curve_file"]).read_text())
+    assert [p["step"] for p in curve] == [0, 1, *range(10, 121, 10)]
+    assert all(np.isfinite([p["val_loss"], p["train_loss_mean"]]).all() for p in curve[1:])
     for png in ("confusion.png", "sn_roc.png", "probability_histograms.png", "reliability.png"):
         assert (tmp_path / "model" / "evaluation" / png).stat().st_size > 5_000
     # The export is hermetic and deterministic: two loads give identical outputs.
@@ -63,3 +79,46 @@ def test_short_training_beats_chance_and_export_reloads(sim, tmp_path):
         a(features=f, stamps=s)["probabilities"].numpy(),
         b(features=f, stamps=s)["probabilities"].numpy(),
     )
+
+
+def test_augment_none_draws_the_unaugmented_batches_and_default_the_same_examples():
+    """``--augment none`` yields the batches training always drew (the same generator draws);
+    the augmented batches hold the same examples, transformed from augmented raw inputs."""
+    g = np.random.default_rng(0)
+    n = 30
+    raw_f = g.normal(20, 1, size=(n, len(FEATURES_PRODUCTION))).astype(np.float32)
+    raw_s = (100 + 5 * g.standard_normal((n, 63, 63, 3))).astype(np.float32)
+
+    def transform(f, s):  # a stand-in for the fitted graph: crop, no normalisation
+        return f - 20, s[:, 21:42, 21:42]
+
+    rows = g.permutation(n)[: n - 5]  # the training rows of a larger raw set
+    xf = (*transform(raw_f[rows], raw_s[rows]), rows % 5)
+
+    def first(augmentation, k=4, seed=3):
+        it = training_batches(xf, 8, seed, augmentation)
+        return [next(it) for _ in range(k)]
+
+    old = _balanced_batches(xf[2], 8, np.random.default_rng(3))
+    expected = [tuple(a[idx] for a in xf) for idx in (next(old) for _ in range(4))]
+    for augmentation in (
+        None,
+        Augmentation(AugmentConfig.none(), raw_f, raw_s, rows, FEATURES_PRODUCTION, transform),
+    ):
+        for got, want in zip(first(augmentation), expected, strict=True):
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(a, b)
+    augmented = Augmentation(AugmentConfig(), raw_f, raw_s, rows, FEATURES_PRODUCTION, transform)
+    batches = first(augmented)
+    for (f, s, y), (f0, s0, y0) in zip(batches, expected, strict=True):
+        np.testing.assert_array_equal(y, y0)
+        assert f.shape == f0.shape and s.shape == s0.shape and not np.array_equal(s, s0)
+        # The same rows: features other than magnitudes and fwhm are untouched.
+        kept = [
+            i
+            for i, n in enumerate(FEATURES_PRODUCTION)
+            if n not in ("magpsf", "diffmaglim", "fwhm")
+        ]
+        np.testing.assert_array_equal(f[:, kept], f0[:, kept])
+    for a, b in zip(batches[0], first(augmented)[0], strict=True):  # deterministic
+        np.testing.assert_array_equal(a, b)
