@@ -7,14 +7,18 @@ on **raw** inputs, ``stamps`` ``float32 [B, 63, 63, 3]`` (science, reference, di
 NaN allowed) and ``features`` ``float32 [B, F]`` (imputed, unclipped), *before* the tf.Transform
 graph: :func:`model.train.train_network` draws a batch's raw examples, augments them with
 :func:`augment_batch` and runs the fitted transform on them (crop, per-channel min-max
-normalisation, NaN -> 0, clip and z-score), so what the network sees is exactly what serving
-would compute for such an alert. Augmenting the normalised 21x21 crops instead would hide the
-interplay with the normalisation (a background offset vanishes in it, a saturated pixel becomes
-0) and the source outside the crop that a shift or blur brings in.
+normalisation, NaN -> 0, clip and z-score), so the network sees what serving's transform would
+compute from such inputs. The features follow the pixels only where stated below (magnitudes
+under a zero-point change, ``fwhm`` under a blurred science); noise, saturation and blur leave
+``sigmapsf``, ``diffmaglim``, ``magpsf`` and ``isdiffpos`` as they were. Augmenting the
+normalised 21x21 crops instead would hide the interplay with the normalisation (a background
+offset vanishes in it, a saturated pixel becomes 0) and the source outside the crop that a shift
+or blur brings in.
 
-The difference image is kept consistent with ``D = S - R``: science minus reference, with the
-reference in the science's flux units, as the simulator makes them (for real cutouts this holds
-up to the science/reference zero-point ratio, which the zero-point augmentation varies). In the
+The difference image is kept consistent with ``D = S - R`` (science minus reference, with the
+reference in the science's flux units, as the simulator makes them; for real cutouts this holds
+up to the science/reference zero-point ratio, which the zero-point augmentation varies), except by
+the background offset, which is drawn per channel and vanishes in the normalisation. In the
 order :func:`augment_batch` applies them:
 
 1. PSF / seeing (:func:`smear_psf`): the science *or* the reference convolved with an elliptical
@@ -23,7 +27,9 @@ order :func:`augment_batch` applies them:
 2. Misregistration (:func:`misregister`): the reference shifted by <= 0.5 px (Fourier shift, which
    keeps its noise); ``D += R - R'``, a dipole at every reference source.
 3. Zero point (:func:`scale_flux`): science and difference times ``k`` (log-uniform, ±15 %), the
-   reference unchanged; ``magpsf`` and ``diffmaglim`` shift by ``-2.5 log10 k``.
+   reference unchanged; ``magpsf`` and ``diffmaglim`` shift by ``-2.5 log10 k``: the science's
+   counts change while its zero point is held (a transparency or calibration change that the
+   magnitudes record), not a recalibration that would leave ``magpsf`` in place.
 4. Noise (:func:`add_noise`): white noise of a random fraction of the channel's robust std added
    to the science (and to ``D``) and to the reference (subtracted from ``D``).
 5. Background (:func:`add_background`): a constant per channel, in units of its robust std. The
@@ -57,6 +63,7 @@ import numpy as np
 
 __all__ = [
     "AUGMENTATIONS",
+    "FWHM_FEATURE",
     "MAGNITUDE_FEATURES",
     "PRESETS",
     "AugmentConfig",

@@ -5,6 +5,7 @@
     plot_probability_histograms(y_true, probs, path) per-class probability histograms (Fig. 7)
     plot_reliability(y_true, probs, path)            reliability diagram with bin counts
     plot_comparison({name: report}, path)            per-class recall of several models
+    plot_training_curve(curve, path)                 training and validation loss against the step
     write_report(y_true, probs, out_dir)             report.json + the first four pictures
 
 ``report`` is the dict of :func:`model.metrics.evaluate`; ``y_true [N]`` are class indices into
@@ -42,11 +43,13 @@ from transforms.schema import CLASS_NAMES
 
 __all__ = [
     "REPORT_FILES",
+    "TRAINING_CURVE_FILE",
     "plot_comparison",
     "plot_confusion",
     "plot_probability_histograms",
     "plot_reliability",
     "plot_sn_roc",
+    "plot_training_curve",
     "write_report",
 ]
 
@@ -58,6 +61,8 @@ REPORT_FILES: Final[dict[str, str]] = {
     "probability_histograms": "probability_histograms.png",
     "reliability": "reliability.png",
 }
+#: The learning curve's picture, written beside the report by ``stampflow train``.
+TRAINING_CURVE_FILE: Final[str] = "training_curve.png"
 
 
 # --- pictures -----------------------------------------------------------------------------------
@@ -527,3 +532,45 @@ def write_report(
     )
     (out / REPORT_FILES["report"]).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report
+
+
+def plot_training_curve(
+    curve: Sequence[Mapping[str, float | None]], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Training and validation loss against the iteration (``OUT/training_curve.json``).
+
+    Parameters
+    ----------
+    curve
+        Points ``{"step", "val_loss", "train_loss", ["train_loss_mean"]}``; the mean training loss
+        since the previous point is drawn when present (one batch's loss is noisy), else the loss
+        of the batch at the point.
+    path
+        PNG to write.
+    title
+        Heading (e.g. the model's name and version).
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    steps = np.array([p["step"] for p in curve], float)
+    val = np.array([np.nan if p["val_loss"] is None else p["val_loss"] for p in curve], float)
+    mean = any("train_loss_mean" in p for p in curve)
+    key = "train_loss_mean" if mean else "train_loss"
+    train = np.array([np.nan if p.get(key) is None else p[key] for p in curve], float)
+    fig = _new_figure(7.0, 3.6)
+    ax = fig.add_subplot()
+    label = "training (mean since last point)" if mean else "training (one batch)"
+    ax.plot(steps, train, color="0.6", lw=0.8, label=label)
+    ax.plot(steps, val, color="C0", lw=1.2, label="validation")
+    if np.isfinite(val).any():
+        best = int(np.nanargmin(val))
+        ax.plot(steps[best], val[best], "o", color="C3", label=f"best, step {int(steps[best])}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (cross-entropy − β·entropy)")
+    ax.set_title(title or "learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

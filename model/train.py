@@ -366,14 +366,26 @@ class Dataset:
         return Dataset(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
 
 
-def read_labels(path: str) -> dict[int, tuple[str, str]]:
-    """``labels.csv`` → ``{candid: (objectId, class)}`` (columns candid, objectId, class)."""
-    out = {}
-    with io.TextIOWrapper(FileSystems.open(path), encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["class"] not in CLASS_NAMES:
-                raise ValueError(f"{path}: unknown class {row['class']!r}")
-            out[int(row["candid"])] = (row["objectId"], row["class"])
+def _paths(paths: str | Sequence[str]) -> list[str]:
+    return [paths] if isinstance(paths, str) else list(paths)
+
+
+def read_labels(paths: str | Sequence[str]) -> dict[int, tuple[str, str]]:
+    """``labels.csv`` files → ``{candid: (objectId, class)}`` (columns candid, objectId, class).
+
+    Several files (e.g. one per simulated night) are merged; a ``candid`` labelled twice with
+    different objects or classes is refused.
+    """
+    out: dict[int, tuple[str, str]] = {}
+    for path in _paths(paths):
+        with io.TextIOWrapper(FileSystems.open(path), encoding="utf-8", newline="") as f:
+            for row in csv.DictReader(f):
+                if row["class"] not in CLASS_NAMES:
+                    raise ValueError(f"{path}: unknown class {row['class']!r}")
+                candid, label = int(row["candid"]), (row["objectId"], row["class"])
+                if out.setdefault(candid, label) != label:
+                    before = out[candid]
+                    raise ValueError(f"{path}: candid {candid} labelled {label}, before {before}")
     return out
 
 
@@ -837,7 +849,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
     """:func:`train`, writing the model to the local ``out_dir``."""
     from model.export import apply_transform, export_model, fit_transform
-    from model.plots import write_report
+    from model.plots import TRAINING_CURVE_FILE, plot_training_curve, write_report
 
     log = print
     init_meta = None
@@ -947,7 +959,7 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
             )
         description = args.description or (
             f"{started_from}trained on {len(tr)} alerts from {', '.join(args.alerts)} "
-            f"(labels {os.path.basename(args.labels)})"
+            f"(labels {', '.join(os.path.basename(p) for p in _paths(args.labels))})"
         )
         meta = export_model(
             net,
@@ -971,6 +983,11 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
     (out / CURVE_FILE).write_text(json.dumps(history["curve"]))
     probs = evaluate_model(str(out), data.features[te], data.stamps[te])
     report = write_report(data.labels[te], probs, str(out / "evaluation"), name=args.name)
+    plot_training_curve(
+        history["curve"],
+        out / "evaluation" / TRAINING_CURVE_FILE,
+        title=f"{args.name} {meta['version']}: learning curve",
+    )
     meta["metrics"] = {k: report[k] for k in ("accuracy", "balanced_accuracy", "top2_accuracy")}
     from model.handler import write_metadata
 
@@ -986,7 +1003,9 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Typed flags of ``stampflow train``."""
     parser.add_argument("--alerts", nargs="+", required=True, help="alert files/dirs/archives")
-    parser.add_argument("--labels", required=True, help="CSV with candid, objectId, class")
+    parser.add_argument(
+        "--labels", nargs="+", required=True, help="CSVs with candid, objectId, class (merged)"
+    )
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument(
         "--features",
@@ -1082,7 +1101,9 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         )
         parser.add_argument("--model", required=True, help="exported model directory")
         parser.add_argument("--alerts", nargs="+", required=True, help="alert files/dirs")
-        parser.add_argument("--labels", required=True, help="CSV with candid, objectId, class")
+        parser.add_argument(
+            "--labels", nargs="+", required=True, help="CSVs with candid, objectId, class (merged)"
+        )
         parser.add_argument("--out", required=True, help="directory for report.json and PNGs")
         parser.set_defaults(func=lambda a: evaluate_command(a) and 0)
         return

@@ -53,8 +53,11 @@ from transforms.schema import (
 __all__ = [
     "ApplyRules",
     "Classify",
+    "ExceptionInfo",
     "WatchModel",
     "alert_meta",
+    "failed_batch_letters",
+    "failure_reason",
     "to_row",
 ]
 
@@ -105,13 +108,26 @@ ExceptionInfo = tuple[type, str, list[str]]
 def failure_reason(info: ExceptionInfo) -> str:
     """``"ExceptionClass: message"`` from Beam's exception triple.
 
-    The message is read from the traceback's last line (``module.Class: message``), which holds
-    the exception's ``str``; without a traceback, its ``repr``.
+    Parameters
+    ----------
+    info
+        ``(exception class, repr, formatted traceback lines)`` as ``with_exception_handling``
+        emits it.
+
+    Returns
+    -------
+    str
+        The class name and the exception's ``str``, read from the traceback line that starts
+        with the class (``module.Class: message``; notes added with ``add_note`` follow it); the
+        ``repr`` when no line does.
     """
     exc_class, exc_repr, traceback_lines = info
-    last = traceback_lines[-1].strip() if traceback_lines else ""
-    message = last.partition(": ")[2] if ": " in last else exc_repr
-    return f"{exc_class.__name__}: {message}"
+    heads = (f"{exc_class.__module__}.{exc_class.__qualname__}", exc_class.__qualname__)
+    for line in reversed(traceback_lines):
+        for head in heads:
+            if line.startswith(head + ":"):
+                return f"{exc_class.__name__}: {line[len(head) + 1 :].strip()}"
+    return f"{exc_class.__name__}: {exc_repr}"
 
 
 def failed_batch_letters(

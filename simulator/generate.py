@@ -26,6 +26,7 @@ __all__ = [
     "DEFECTS",
     "EXPOSURE_STEP",
     "EXTRA_NOISE",
+    "FIRST_DETECTION_MIX",
     "MASKED_FRACTION",
     "NULLABLE",
     "PSF_ERR_FACTOR",
@@ -182,7 +183,8 @@ def plan_night(
     defects
         Fraction of alerts that get a defect.
     first_detections
-        Every object is new tonight (no earlier detection, one alert each), in the class mix of
+        Every object is new tonight (no earlier detection, one alert each; with
+        ``detections_per_object`` > 1 a ValueError), in the class mix of
         :data:`FIRST_DETECTION_MIX` unless ``mix`` says otherwise: the night production
         classifies.
 
@@ -198,7 +200,10 @@ def plan_night(
     if not 0.0 <= defects <= 1.0:
         raise ValueError("defects must be a fraction in [0, 1]")
     if first_detections:
-        detections_per_object = 1
+        if detections_per_object > 1:
+            raise ValueError(
+                "first detections are one alert per object: drop --detections-per-object"
+            )
         mix = FIRST_DETECTION_MIX if mix is None else mix
     fractions = parse_mix(mix)
     rng = np.random.default_rng([seed, 1])
@@ -337,8 +342,7 @@ def sample_objects(cls: np.ndarray, jd: np.ndarray, rng: np.random.Generator) ->
     # Field stars: density [per 63x63 stamp, to ~22 mag] rising steeply into the plane.
     lam = (1.5 + 70.0 * np.exp(-np.abs(b) / 7.0)) * (ph.PAD / ph.STAMP) ** 2
     nstar = np.minimum(rng.poisson(lam), 250)
-    # At least 40 slots: bad differences are drawn in crowded fields (below).
-    k = max(int(nstar.max(initial=0)), 40)
+    k = max(int(nstar.max(initial=0)), 1)
     live = np.arange(k)[None, :] < nstar[:, None]
     half = ph.PAD / 2
     sdx = rng.uniform(-half, half, (m, k))
@@ -346,7 +350,8 @@ def sample_objects(cls: np.ndarray, jd: np.ndarray, rng: np.random.Generator) ->
     # Luminosity function N(<m) ~ 10^(0.3 m) between 12 and 22 mag.
     smag = 22.0 + np.log10(rng.uniform(10 ** (0.3 * (12 - 22)), 1.0, (m, k))) / 0.3
     # Keep the candidate position clear where the class needs "no source in the reference".
-    clear = (is_["SN"] | is_["asteroid"] | is_["bogus"])[:, None] & (np.hypot(sdx, sdy) < 5.0)
+    needs_clear = (is_["SN"] | is_["asteroid"] | is_["bogus"])[:, None]
+    clear = needs_clear & (np.hypot(sdx, sdy) < 5.0)
     smag = np.where(live & ~clear, smag, np.inf)
     ssg = np.where(
         rng.random((m, k)) < 0.9, rng.uniform(0.85, 1.0, (m, k)), rng.uniform(0, 0.3, (m, k))
@@ -431,9 +436,22 @@ def sample_objects(cls: np.ndarray, jd: np.ndarray, rng: np.random.Generator) ->
     # mis-scaled, slightly misaligned and PSF-mismatched: residuals at every star.
     bd, dark, sat_trail = sel("bad_difference"), sel("dark_region"), sel("satellite")
     mag_ref[bd] = rng.uniform(13.0, 16.5, bd.size)
-    crowd = rng.random((bd.size, k)) < 0.6
+    # Crowding: Poisson(40) more field stars than the latitude gives, each object on its own
+    # (the slots beyond its own stars; more slots when the chunk has too few).
+    n_extra = rng.poisson(40.0, bd.size)
+    need = int((nstar[bd] + n_extra).max(initial=0))
+    if need > k:
+        more = need - k
+        sdx = np.concatenate([sdx, rng.uniform(-half, half, (m, more))], axis=1)
+        sdy = np.concatenate([sdy, rng.uniform(-half, half, (m, more))], axis=1)
+        smag = np.concatenate([smag, np.full((m, more), np.inf)], axis=1)
+        ssg = np.concatenate([ssg, rng.uniform(0.85, 1.0, (m, more))], axis=1)
+        clear = np.concatenate([clear, needs_clear & (np.hypot(sdx[:, k:], sdy[:, k:]) < 5.0)], 1)
+        k = need
+    slot = np.arange(k)[None, :]
+    fill = (slot >= nstar[bd][:, None]) & (slot < (nstar[bd] + n_extra)[:, None]) & ~clear[bd]
     smag[bd] = np.where(
-        crowd & ~np.isfinite(smag[bd]) & ~clear[bd],
+        fill,
         22.0 + np.log10(rng.uniform(10 ** (0.3 * (12 - 22)), 1.0, (bd.size, k))) / 0.3,
         smag[bd],
     )
@@ -505,8 +523,9 @@ def _psf_fit(diff: np.ndarray, p: np.ndarray, sigma_bkg: np.ndarray):
 def _redrawn(_superseded: np.ndarray, value: np.ndarray) -> list:
     """``value`` as a list; the superseded draw from the main stream is discarded.
 
-    Keeping the old draw keeps every later field, image and history of a seed unchanged (the
-    shipped model's training set stays reproducible) while the field itself is recalibrated.
+    Keeping the old draw kept every later field, image and history of a seed unchanged while the
+    field itself was recalibrated. (Issue 24's bogus kinds and coverage changed the draws of every
+    class: a model's training set is reproduced at the commit its documentation names.)
     """
     return value.tolist()
 
@@ -791,9 +810,9 @@ def _history(
     asteroids never repeat at one position, and 35% of bogus recur (artefacts at bright stars).
     Coverage before the alert (``ncovhist - ndethist``) grows with the survey: log-normal around
     ``0.7 * age * (1 - exp(-(age / 120)^3))`` epochs at ``age`` days since the survey began
-    (sigma 0.8 in ln), which gives ~11 in June 2018, ~90 in August 2018, ~420 in late 2019 and
-    ~2,000 in 2026, as the real alerts show (ncovhist 3-34 in June 2018, 122-642 in 2019-20,
-    450-1,540 in 2021, 1,600-4,500 in 2026). A variable star's or AGN's first detection comes
+    (sigma 0.8 in ln), which gives ~14 in early June 2018, ~90 in mid-August 2018, ~410 in late
+    2019 and ~2,050 in 2026, as the real alerts show (ncovhist 3-34 in June 2018, 122-642 in
+    2019-20, 450-1,540 in 2021, 1,600-4,500 in 2026). A variable star's or AGN's first detection comes
     within its first 2-40 covered epochs. ``first_detections``: no detection before tonight.
     """
     m = truth.cls.size

@@ -1,8 +1,9 @@
 """Each kind of bogus the simulator writes carries the signature it is named for.
 
 The nine kinds are those ALeRCE's experts catalogued (Carrasco-Davis et al. 2021, Appendix E);
-``simulator.generate.BOGUS_KINDS`` maps their names to ours. Every test compares the kind with
-the other bogus, so a kind drawn like the rest fails.
+``simulator.generate.BOGUS_KINDS`` maps their names to ours. Each test checks its kind's signature
+and that other kinds mostly lack it, so a kind drawn like the rest fails. Cosmic rays, saturation
+and dipoles (near bad differences) are checked in ``tests/test_simulator.py``.
 """
 
 from __future__ import annotations
@@ -67,7 +68,19 @@ def test_every_kind_is_drawn_and_first_detections_have_no_history(bogus):
     assert all(len(d["cand"]) >= 30 for d in bogus.values())
     cands = [c for d in bogus.values() for c in d["cand"]]
     assert all(c["ndethist"] == 1 for c in cands)
-    assert FIRST_DETECTION_MIX["bogus"] == max(FIRST_DETECTION_MIX.values())
+
+
+def test_a_first_detection_night_has_the_production_mix_and_one_alert_per_object():
+    from simulator.generate import CLASS_NAMES, plan_night
+
+    plan = plan_night(20000, seed=3, first_detections=True)
+    assert plan.n_alerts == 20000 and np.all(np.diff(plan.first_alert) == 1)
+    share = np.bincount(plan.cls, minlength=len(CLASS_NAMES)) / plan.cls.size
+    expected = np.array([FIRST_DETECTION_MIX[c] for c in CLASS_NAMES])
+    assert np.abs(share - expected).max() < 0.015, share
+    assert share[CLASS_NAMES.index("bogus")] > 0.55
+    with pytest.raises(ValueError, match="one alert per object"):
+        plan_night(100, first_detections=True, detections_per_object=2)
 
 
 def _residual_of_a_star(d, i) -> bool:
@@ -184,16 +197,39 @@ def test_bad_column_is_a_column(bogus):
     assert _share(bogus["cosmic_ray"], lambda i: _column(bogus["cosmic_ray"], i)) < 0.2
 
 
+def _arc(d, i) -> bool:
+    """Excess spread along an arc (a ghost ring passes through the candidate), not compact."""
+    diff = _box(d["diff"][i], 1)
+    y, x = np.nonzero(diff > 3 * _noise(d["diff"][i]) / 3)
+    return bool(x.size > 40 and np.ptp(x) > 8 and np.ptp(y) > 8)
+
+
 def test_ghost_is_a_diffuse_ring_in_science_and_difference(bogus):
     d = bogus["ghost"]
-
-    def arc(i) -> bool:
-        # A ghost ring passes through the candidate: excess along an arc, not a compact source.
-        diff = _box(d["diff"][i], 1)
-        high = diff > 3 * _noise(d["diff"][i]) / 3
-        y, x = np.nonzero(high)
-        return bool(x.size > 40 and np.ptp(x) > 8 and np.ptp(y) > 8)
-
-    assert np.mean([arc(i) for i in range(len(d["cand"]))]) > 0.6
+    assert _share(d, lambda i: _arc(d, i)) > 0.6
+    for other in ("cosmic_ray", "hot_pixel", "dark_region"):
+        assert _share(bogus[other], lambda i, o=bogus[other]: _arc(o, i)) < 0.2
     ref_flat = [abs(_box(r, 2)[31, 31] - np.nanmedian(r)) < 3 * _noise(r) for r in d["ref"]]
     assert np.mean(ref_flat) > 0.8  # the reference does not have it
+
+
+def test_bad_difference_crowding_does_not_depend_on_the_chunk():
+    # Each bad difference gets Poisson(40) field stars beyond its latitude's, whatever else its
+    # chunk holds (a chunk with a dense Galactic-plane field once set everyone's crowding).
+    from simulator.generate import CLASS_NAMES, sample_objects
+
+    def star_counts(m: int, seeds: range) -> tuple[list[int], list[int]]:
+        bad, rest = [], []
+        for seed in seeds:
+            cls = np.full(m, CLASS_NAMES.index("bogus"))
+            truth = sample_objects(cls, np.full(m, 2459000.5), np.random.default_rng(seed))
+            n = np.isfinite(truth.star_mag).sum(axis=1)
+            high = np.abs(truth.gal_b) > 30  # away from the plane, where fields are sparse
+            bd = truth.kind == BOGUS_KINDS.index("bad_difference")
+            bad += n[bd & high].tolist()
+            rest += n[~bd & high].tolist()
+        return bad, rest
+
+    small = [np.mean(x) for x in star_counts(8, range(300))]
+    large = [np.mean(x) for x in star_counts(3000, range(1))]
+    assert 30 < small[0] - small[1] < 45 and 30 < large[0] - large[1] < 45, (small, large)

@@ -29,7 +29,7 @@ STAGES = (
     "ReadAlerts", "SelectFirstDetections", "Featurize", "Classify", "ApplyRules", "SkyDensity",
     "DeadLetters", "WriteOutputs", "WriteDeadLetters", "CountOutcomes",
 )  # fmt: skip
-#: The README's GPU worker options (docs/gcs_readme_section.md), as a user pastes them.
+#: The GPU worker options of docs/dataflow.md, as a user pastes them.
 GPU_OPTIONS = (
     "--dataflow_service_options",
     "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver",

@@ -130,3 +130,11 @@ def test_failure_reason_without_a_traceback_uses_the_repr():
     from pipeline.classify import failure_reason
 
     assert failure_reason((KeyError, "KeyError('x')", [])) == "KeyError: KeyError('x')"
+
+
+def test_failure_reason_skips_notes_after_the_message():
+    from pipeline.classify import failure_reason
+
+    error = ValueError("bad batch")
+    error.add_note("while serving model v3")
+    assert failure_reason(_exception_info(error)) == "ValueError: bad batch"

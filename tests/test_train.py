@@ -68,7 +68,8 @@ def test_short_training_beats_chance_and_export_reloads(sim, tmp_path):
     curve = json.loads((tmp_path / "model" / on_disk["training"]["curve_file"]).read_text())
     assert [p["step"] for p in curve] == [0, 1, *range(10, 121, 10)]
     assert all(np.isfinite([p["val_loss"], p["train_loss_mean"]]).all() for p in curve[1:])
-    for png in ("confusion.png", "sn_roc.png", "probability_histograms.png", "reliability.png"):
+    pictures = ("confusion.png", "sn_roc.png", "probability_histograms.png", "reliability.png")
+    for png in (*pictures, "training_curve.png"):
         assert (tmp_path / "model" / "evaluation" / png).stat().st_size > 5_000
     # The export is hermetic and deterministic: two loads give identical outputs.
     data, _ = load_dataset([str(sim)], read_labels(str(sim / "labels.csv")), FEATURES_PRODUCTION)
@@ -122,3 +123,18 @@ def test_augment_none_draws_the_unaugmented_batches_and_default_the_same_example
         np.testing.assert_array_equal(f[:, kept], f0[:, kept])
     for a, b in zip(batches[0], first(augmented)[0], strict=True):  # deterministic
         np.testing.assert_array_equal(a, b)
+
+
+def test_labels_from_several_files_are_merged_and_conflicts_refused(tmp_path):
+    a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
+    a.write_text("candid,objectId,class\n1,ZTF1,SN\n2,ZTF2,bogus\n")
+    b.write_text("candid,objectId,class\n3,ZTF3,VS\n2,ZTF2,bogus\n")
+    c.write_text("candid,objectId,class\n1,ZTF1,AGN\n")
+    assert read_labels([str(a), str(b)]) == {
+        1: ("ZTF1", "SN"),
+        2: ("ZTF2", "bogus"),
+        3: ("ZTF3", "VS"),
+    }
+    assert read_labels(str(b)) == {3: ("ZTF3", "VS"), 2: ("ZTF2", "bogus")}
+    with pytest.raises(ValueError, match="candid 1 labelled"):
+        read_labels([str(a), str(c)])
