@@ -285,7 +285,9 @@ def measure_device(
         "mixed_max_abs_diff": float(mixed_diff.max()),
     }
     if real_alerts:
-        f, s = stages.examples_of(real_alerts)
+        from model.handler import read_metadata
+
+        f, s = stages.examples_of(real_alerts, read_metadata(DEFAULT_MODEL)["features"])
         p32 = load_serving(DEFAULT_MODEL)(f, s)
         p16 = load_serving(DEFAULT_MODEL, mixed_precision=True)(f, s)
         out["mixed_real"] = {

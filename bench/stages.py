@@ -153,12 +153,14 @@ def machine_gflops(size: int = 2048, seconds: float = 2.0) -> dict[str, float]:
     }
 
 
-def examples_of(alerts: Sequence[Alert]) -> tuple[np.ndarray, np.ndarray]:
-    """Raw model inputs of ``alerts`` (NaN-padded stamps): features ``[N, F]``, stamps ``[N, 63,
-    63, 3]``."""
+def examples_of(
+    alerts: Sequence[Alert], feature_names: Sequence[str] = FEATURES_PRODUCTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw model inputs of ``alerts`` (NaN-padded stamps): features ``[N, F]`` in the order of
+    ``feature_names`` (a model's own list), stamps ``[N, 63, 63, 3]``."""
     from transforms.featurize import featurize_alerts
 
-    result = featurize_alerts(alerts, FEATURES_PRODUCTION, "pad")
+    result = featurize_alerts(alerts, feature_names, "pad")
     if not result.examples:
         raise ValueError("no alert could be featurised")
     features = np.stack([e["features"] for _, e in result.examples])

@@ -812,8 +812,8 @@ def _history(
     ``0.7 * age * (1 - exp(-(age / 120)^3))`` epochs at ``age`` days since the survey began
     (sigma 0.8 in ln), which gives ~14 in early June 2018, ~90 in mid-August 2018, ~410 in late
     2019 and ~2,050 in 2026, as the real alerts show (ncovhist 3-34 in June 2018, 122-642 in
-    2019-20, 450-1,540 in 2021, 1,600-4,500 in 2026). A variable star's or AGN's first detection comes
-    within its first 2-40 covered epochs. ``first_detections``: no detection before tonight.
+    2019-20, 450-1,540 in 2021, 1,600-4,500 in 2026). A variable star's or AGN's first detection
+    comes within its first 2-40 covered epochs. ``first_detections``: no detection before tonight.
     """
     m = truth.cls.size
     c = truth.cls

@@ -134,6 +134,14 @@ def decoded_alerts(directory) -> list:
     return out
 
 
+def default_model_features() -> tuple[str, ...]:
+    """The shipped model's feature list (``model/default/stampflow_model.json``)."""
+    from model.handler import read_metadata
+    from pipeline.options import DEFAULT_MODEL
+
+    return tuple(read_metadata(DEFAULT_MODEL)["features"])
+
+
 def load_real_alerts() -> list[Alert]:
     """Every record under ``ztf_alerts`` (``.avro`` files and ``.tar.gz`` archives)."""
     from transforms.alerts import decode_alerts

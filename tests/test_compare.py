@@ -472,7 +472,7 @@ def test_self_comparison_on_real_alerts_agrees_completely(tmp_path, capsys):
     counts = np.array(r["confusion_matrix"]["counts"])
     assert counts.sum() == 220 and np.trace(counts) == 220
     assert r["model"]["name"] == r["reference"]["name"] == "stampflow-sim"
-    assert r["model"]["feature_set"] == "production"
+    assert r["model"]["feature_set"] == "alerce26"  # the shipped model's (docs/model.md)
     assert all(a["model_probabilities"] == a["reference_probabilities"] for a in r["alerts"])
     _assert_first_detections_consistent(r)
     f = r["first_detections"]
@@ -547,7 +547,7 @@ def test_reference_probabilities_are_alerce_tf1_graph(tmp_path, alerce_model):
     code, r = _compare(tmp_path, DEFAULT_MODEL, alerce_model)
     assert code == 0
     assert r["reference"]["feature_set"] == "alerce26"
-    assert r["model"]["feature_set"] == "production"
+    assert r["model"]["feature_set"] == "alerce26"
     assert r["n"] == 220
     _assert_reconciles(r)
     assert r["agreement"] < 1.0  # a model trained on simulated alerts is not ALeRCE

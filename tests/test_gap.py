@@ -13,7 +13,7 @@ import pytest
 from pipeline import cli
 from simulator import gap
 from simulator.core import simulate
-from tests.helpers import REAL, needs_real
+from tests.helpers import REAL, default_model_features, needs_real
 from transforms.schema import CLASS_NAMES, FEATURES_PRODUCTION, STAMP_KINDS
 
 # A handful of real alerts: 22 from a night of first detections (21 with no earlier detection in
@@ -216,7 +216,7 @@ def test_gap_reference_on_the_labelled_sim(tiny_sim, tmp_path):
     ref = report["reference"]
     labels = gap.read_sim_labels(tiny_sim / "labels.csv")
     assert ref["n"] + ref["n_dropped"] == 60
-    assert ref["model"]["features"] == list(FEATURES_PRODUCTION)
+    assert ref["model"]["features"] == list(default_model_features())
     assert set(ref["class_recall"]) == {r["class"] for r in labels.values()}
     subtypes = {gap._subtype_key(r["class"], r["subtype"]) for r in labels.values()}
     assert set(ref["subtype_recall"]) == subtypes

@@ -22,7 +22,12 @@ from model.handler import METADATA_FILE
 from model.remote import local_copy, upload_dir
 from pipeline.cli import main
 from pipeline.run_job import run
-from tests.helpers import ALERCE, GCS_BUCKET, export_random_model, needs_alerce
+from tests.helpers import (
+    ALERCE,
+    GCS_BUCKET,
+    export_random_model,
+    needs_alerce,
+)
 from transforms.schema import FEATURES_PRODUCTION
 
 NIGHT = "20180815"
@@ -35,7 +40,7 @@ def night(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("gcs_night")
     simulate(80, out / "archive", seed=41, night=NIGHT, fmt="tar", detections_per_object=2,
-             defects=0.1, workers=1)  # fmt: skip
+             defects=0.2, workers=1)  # fmt: skip
     simulate(20, out / "singles", seed=42, night="20180816", workers=1)
     return out
 

@@ -21,11 +21,11 @@ pytestmark = needs_real
 @pytest.fixture(scope="module")
 def real_inputs():
     from bench.stages import examples_of
-    from tests.helpers import REAL
+    from tests.helpers import REAL, default_model_features
     from transforms.sources import decode_paths
 
     alerts = [a for item in decode_paths([str(REAL)]) for a in item.alerts]
-    return examples_of(alerts)
+    return examples_of(alerts, default_model_features())
 
 
 def _probabilities(features, stamps, **kwargs):

@@ -34,9 +34,16 @@ from model.network import rotate90
 from model.onnx_export import CONTROL_FLOW_OPS, control_flow_nodes, export_onnx
 from pipeline.options import DEFAULT_MODEL, OptionsError, parse
 from pipeline.run_job import run
-from tests.helpers import ALERCE, REAL, decoded_alerts, load_real_alerts, needs_real
+from tests.helpers import (
+    ALERCE,
+    REAL,
+    decoded_alerts,
+    default_model_features,
+    load_real_alerts,
+    needs_real,
+)
 from transforms.featurize import featurize_alerts
-from transforms.schema import CLASS_NAMES, FEATURES_PRODUCTION, PROBABILITY_COLUMN_NAMES
+from transforms.schema import CLASS_NAMES, PROBABILITY_COLUMN_NAMES
 
 TOLERANCE = 1e-5
 
@@ -103,15 +110,16 @@ def test_shipped_onnx_is_plain_dataflow_and_names_the_model():
     props = {p.key: p.value for p in proto.metadata_props}
     meta = read_metadata(DEFAULT_MODEL)
     assert props["name"] == meta["name"] and props["version"] == meta["version"]
-    assert json.loads(props["features"]) == meta["features"] == list(FEATURES_PRODUCTION)
+    assert json.loads(props["features"]) == meta["features"] == list(default_model_features())
     assert json.loads(props["class_names"]) == list(CLASS_NAMES)
     assert onnx_file_problem(DEFAULT_MODEL, meta) is None  # the committed file is current
 
 
 @needs_real
 def test_shipped_onnx_equals_tensorflow_on_real_alerts_and_a_night(night):
-    assert _assert_parity(DEFAULT_MODEL, load_real_alerts(), FEATURES_PRODUCTION) > 200
-    assert _assert_parity(DEFAULT_MODEL, decoded_alerts(night), FEATURES_PRODUCTION) > 50
+    features = default_model_features()
+    assert _assert_parity(DEFAULT_MODEL, load_real_alerts(), features) > 200
+    assert _assert_parity(DEFAULT_MODEL, decoded_alerts(night), features) > 50
 
 
 # --- An imported ALeRCE model, exported with the CLI ----------------------------------------------
@@ -162,7 +170,7 @@ def test_export_to_another_file(alerce_model, tmp_path):
 
 # --- The handler, called directly -----------------------------------------------------------------
 def test_handler_answers_known_ssos_and_equals_the_tensorflow_handler(night):
-    result = featurize_alerts(decoded_alerts(night)[:6], FEATURES_PRODUCTION, "pad")
+    result = featurize_alerts(decoded_alerts(night)[:6], default_model_features(), "pad")
     examples = [e for _, e in result.examples]
     examples[1] = {**examples[1], KNOWN_SSO_KEY: True}
     onnx_handler, tf_handler = OnnxHandler(DEFAULT_MODEL), VersionedHandler(DEFAULT_MODEL)
