@@ -56,17 +56,7 @@ NULLABLE = ("fwhm", "chinr", "sharpnr", "classtar", "diffmaglim", "drb")
 #: mismatched template, dipoles and rings at every source, the candidate on a bright star);
 #: extended dark region (``dark_region``); satellite (``satellite``: a streak, or glints in a line).
 #: The order is fixed: a kind's index is its code in labels and tests.
-BOGUS_KINDS = (
-    "cosmic_ray",
-    "hot_pixel",
-    "bad_column",
-    "saturation",
-    "dipole",
-    "ghost",
-    "bad_difference",
-    "dark_region",
-    "satellite",
-)
+BOGUS_KINDS = ph.ARTEFACTS[1:]  # physics.py draws them; its code 0 is "none"
 #: The mixture: half are residuals of stars (saturated, near or at a bad difference), what real
 #: first detections ALeRCE calls bogus mostly are (docs/calibration.md).
 BOGUS_WEIGHTS = (0.10, 0.07, 0.06, 0.14, 0.16, 0.07, 0.22, 0.07, 0.11)
