@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,42 @@ def fit_transform(
     return transform_dir
 
 
+def batch_transform(
+    transform_dir: str,
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The fitted tf.Transform graph as a per-batch NumPy function (one load, one trace).
+
+    Parameters
+    ----------
+    transform_dir
+        Output of :func:`fit_transform`.
+
+    Returns
+    -------
+    callable
+        ``(features [B, F], stamps [B, 63, 63, 3]) -> (features_xf, stamps_xf)``, float32, the
+        graph the exported model runs (training augments each batch through it, and
+        :func:`apply_transform` runs whole sets through it).
+    """
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from transforms.schema import TRANSFORMED_FEATURES_KEY, TRANSFORMED_STAMPS_KEY
+
+    layer = tft.TFTransformOutput(transform_dir).transform_features_layer()
+
+    @tf.function(reduce_retracing=True)
+    def run(f, s):
+        out = layer({RAW_FEATURES_KEY: f, RAW_STAMPS_KEY: s})
+        return out[TRANSFORMED_FEATURES_KEY], out[TRANSFORMED_STAMPS_KEY]
+
+    def transform(f: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f_xf, s_xf = run(tf.constant(f, tf.float32), tf.constant(s, tf.float32))
+        return f_xf.numpy(), s_xf.numpy()
+
+    return transform
+
+
 def apply_transform(
     transform_dir: str, features: np.ndarray, stamps: np.ndarray, batch: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -96,23 +132,12 @@ def apply_transform(
     (features_xf, stamps_xf)
         ``[N, F]`` and ``[N, crop, crop, 3]`` float32.
     """
-    import tensorflow as tf
-    import tensorflow_transform as tft
-
-    from transforms.schema import TRANSFORMED_FEATURES_KEY, TRANSFORMED_STAMPS_KEY
-
-    layer = tft.TFTransformOutput(transform_dir).transform_features_layer()
-    outs_f, outs_s = [], []
-    for i in range(0, len(features), batch):
-        out = layer(
-            {
-                RAW_FEATURES_KEY: tf.constant(features[i : i + batch], tf.float32),
-                RAW_STAMPS_KEY: tf.constant(stamps[i : i + batch], tf.float32),
-            }
-        )
-        outs_f.append(out[TRANSFORMED_FEATURES_KEY].numpy())
-        outs_s.append(out[TRANSFORMED_STAMPS_KEY].numpy())
-    return np.concatenate(outs_f), np.concatenate(outs_s)
+    transform = batch_transform(transform_dir)
+    outs = [
+        transform(features[i : i + batch], stamps[i : i + batch])
+        for i in range(0, len(features), batch)
+    ]
+    return np.concatenate([f for f, _ in outs]), np.concatenate([s for _, s in outs])
 
 
 def export_model(

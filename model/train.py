@@ -70,7 +70,6 @@ __all__ = [
     "TrainError",
     "add_arguments",
     "assign_weights",
-    "batch_transform",
     "evaluate_command",
     "evaluate_model",
     "load_dataset",
@@ -611,46 +610,6 @@ class _Prefetch:
         self._thread.join()
 
 
-def batch_transform(
-    transform_dir: str,
-) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """The fitted tf.Transform graph as a per-batch NumPy function (one load, one trace).
-
-    Parameters
-    ----------
-    transform_dir
-        Output of :func:`model.export.fit_transform`.
-
-    Returns
-    -------
-    callable
-        ``(features [B, F], stamps [B, 63, 63, 3]) -> (features_xf, stamps_xf)``, float32, the
-        same graph :func:`model.export.apply_transform` and the exported model run.
-    """
-    import tensorflow as tf
-    import tensorflow_transform as tft
-
-    from transforms.schema import (
-        RAW_FEATURES_KEY,
-        RAW_STAMPS_KEY,
-        TRANSFORMED_FEATURES_KEY,
-        TRANSFORMED_STAMPS_KEY,
-    )
-
-    layer = tft.TFTransformOutput(transform_dir).transform_features_layer()
-
-    @tf.function(reduce_retracing=True)
-    def run(f, s):
-        out = layer({RAW_FEATURES_KEY: f, RAW_STAMPS_KEY: s})
-        return out[TRANSFORMED_FEATURES_KEY], out[TRANSFORMED_STAMPS_KEY]
-
-    def transform(f: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        f_xf, s_xf = run(tf.constant(f, tf.float32), tf.constant(s, tf.float32))
-        return f_xf.numpy(), s_xf.numpy()
-
-    return transform
-
-
 def train_network(
     train_xf: tuple[np.ndarray, np.ndarray, np.ndarray],
     val_xf: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -848,7 +807,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
     """:func:`train`, writing the model to the local ``out_dir``."""
-    from model.export import apply_transform, export_model, fit_transform
+    from model.export import apply_transform, batch_transform, export_model, fit_transform
     from model.plots import TRAINING_CURVE_FILE, plot_training_curve, write_report
 
     log = print
