@@ -24,6 +24,7 @@ __all__ = [
     "CHUNK_ALERTS",
     "DEFAULT_MIX",
     "DEFECTS",
+    "DRB_START_JD",
     "EXPOSURE_STEP",
     "EXTRA_NOISE",
     "FIRST_DETECTION_MIX",
@@ -73,6 +74,9 @@ REVISIT = (30.0 / 1440.0, 90.0 / 1440.0)
 ZP = {1: 26.30, 2: 26.20, 3: 25.75}  # median zero points [mag] for 30 s, g/r/i
 SKY = {1: 140.0, 2: 230.0, 3: 380.0}  # median sky [DN]
 ZTF_START_JD = 2458194.5  # 2018-03-20, start of survey operations
+#: ZTF alerts carry the deep real/bogus score ``drb`` from schema 3.3 on (mid-2019; the shared real
+#: alerts have none before 2019-11 except a 3.3 re-issue): earlier simulated nights write it null.
+DRB_START_JD = 2458665.5  # 2019-07-01, approximate
 #: Extra pixel noise of real ZTF science cutouts over sky + read noise (flat-field, unresolved
 #: sources): real first detections have median border noise 6.4 DN (science) and 5.85 DN
 #: (difference) [ratio].
@@ -1180,8 +1184,8 @@ def _assemble(
         "maggaia": _f32(np.where(d_gaia[obj] >= 0, m_gaia[obj] - 0.1, -999.0)),
         "maggaiabright": _f32(np.where(rng.random(n) < 0.3, rng.uniform(11, 14, n), -999.0)),
         "exptime": [30.0] * n,
-        "drb": _f32(drb),
-        "drbversion": ["d6_m7"] * n,
+        "drb": [v if t >= DRB_START_JD else None for v, t in zip(_f32(drb), jd, strict=True)],
+        "drbversion": ["" if t < DRB_START_JD else "d6_m7" for t in jd],  # non-null in 4.02
     }
     keys = list(cand_rows)
     cands = [dict(zip(keys, vals, strict=True)) for vals in zip(*cand_rows.values(), strict=True)]

@@ -100,7 +100,7 @@ def test_truncated_multi_record_keeps_leading_records():
     assert [a.candid for a in got] == [mini_record(i)["candid"] for i in range(4)]
 
 
-def test_non_ztf_schema_is_rejected():
+def test_schema_of_no_survey_is_rejected():
     buf = io.BytesIO()
     fastavro.writer(
         buf,
@@ -108,10 +108,10 @@ def test_non_ztf_schema_is_rejected():
         [{"alertId": 1}],
     )
     _, error = decode_alerts(buf.getvalue(), "x")
-    assert error.code == "not_ztf" and "objectId" in error.detail
+    assert error.code == "unknown_survey" and "objectId" in error.detail
 
 
-def test_record_without_required_values_is_not_ztf():
+def test_record_without_required_values_is_a_bad_alert():
     record = mini_record(1)
     record["candidate"]["jd"] = float("nan")  # present; still accepted (NaN is a value)
     assert decode_alerts(mini_container([record]), "x")[1] is None

@@ -153,7 +153,7 @@ def test_bad_inputs_give_the_same_dead_letters():
             source, data = item
             _, error = _agree(data, source, path)
             errors.add(error.split(":")[0] if error else None)
-    assert {"not_ztf", "truncated", None} <= errors
+    assert {"unknown_survey", "truncated", None} <= errors
 
 
 # --- a simulated night ---------------------------------------------------------------------------
@@ -272,7 +272,9 @@ def test_mini_schema_and_required_nulls():
     bad = _hist_record(1, None)
     bad["candidate"]["fid"] = None
     rows, error = _agree(_container(schema, [good, bad, good]))
-    assert len(rows) == 1 and error.startswith("not_ztf: record 1 candidate lacks fid")
+    assert len(rows) == 1 and error.startswith(
+        "bad_alert: record 1: ztf alert with candidate lacks fid"
+    )
 
 
 def test_schema_errors():
@@ -282,7 +284,7 @@ def test_schema_errors():
         {"type": "record", "name": "decam", "fields": [{"name": "alertId", "type": "long"}]},
         [{"alertId": 1}],
     )
-    assert _agree(no_ztf)[1].startswith("not_ztf")
+    assert _agree(no_ztf)[1].startswith("unknown_survey")
     data = bytearray(_container(HIST_SCHEMA, [_hist_record(0, None)]))
     at = data.index(b'"type": "record"')
     data[at + 1 : at + 5] = b"tipe"  # the schema JSON no longer parses as Avro

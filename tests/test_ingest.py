@@ -21,8 +21,8 @@ BAD_EXPECTED = {
     **{f"1215407935151350{i:02d}.avro": ("stamps", "jpeg") for i in range(12) if i not in (9, 10)},
     "121540793515135009.avro": ("decode", "truncated"),
     "121540793515135010.avro": ("decode", "truncated"),
-    "121540793515135009.avro.zip!121540793515135009.avro": ("decode", "not_ztf"),
-    **{f"test_alerts_Ia_Hsiao_v2_{i}.avro": ("decode", "not_ztf") for i in range(51, 56)},
+    "121540793515135009.avro.zip!121540793515135009.avro": ("decode", "unknown_survey"),
+    **{f"test_alerts_Ia_Hsiao_v2_{i}.avro": ("decode", "unknown_survey") for i in range(51, 56)},
     **{
         f"{n}.avro": ("decode", "truncated")
         for n in (
@@ -34,8 +34,8 @@ BAD_EXPECTED = {
         )
     },
     "ZTF20abyfpze.avro": ("stamps", "null"),
-    "DC21baaa.570349.decat_20210414_2021A-0113.avro": ("decode", "not_ztf"),
-    "87704463155000.avro": ("decode", "not_ztf"),
+    "DC21baaa.570349.decat_20210414_2021A-0113.avro": ("decode", "unknown_survey"),
+    "87704463155000.avro": ("decode", "unknown_survey"),
 }
 BAD_TAR_MEMBERS = {"ZTF18abxhyqv.tar.gz": 4, "ZTF18acruwxq.tar.gz": 3}  # all with null cutouts
 

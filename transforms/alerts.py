@@ -1,4 +1,4 @@
-"""Decode ZTF alert packets: Avro container bytes -> :class:`Alert` records.
+"""Decode alert packets (ZTF, Rubin): Avro containers, wire-format messages, Parquet -> Alert.
 
 Every ZTF alert file (and every Pub/Sub / Kafka message) is a complete Avro object container that
 repeats its ~27 kB writer schema. ``fastavro.reader`` parses that schema again for every file, which
@@ -6,6 +6,13 @@ dominates the cost of single-alert files. Here the container framing (magic, met
 marker, blocks) is read directly, each distinct writer schema is parsed once per process (keyed on
 its exact bytes) and the records are decoded by fastavro's compiled ``schemaless_reader``. The
 decoded dicts are exactly what ``fastavro.reader`` returns.
+
+Which survey a packet belongs to is read from its writer schema (:mod:`transforms.surveys`); each
+:class:`Alert` carries its survey's adapter and reads its ids, time and cutouts through it. Rubin
+packets also arrive as Kafka *wire-format* messages (byte 0, a big-endian int32 schema id, the
+schemaless record), decoded with writer schemas found by id (:mod:`transforms.wire`), and as
+brokers' Parquet files (:mod:`transforms.parquet`); :func:`decode_alerts` dispatches on the first
+bytes.
 
 Nothing here raises anything but :class:`AlertDecodeError`; the Beam adapter turns those into dead
 letters. A container that breaks half-way yields the records before the break *and* an error.
@@ -24,11 +31,10 @@ from typing import Any
 
 import fastavro
 
-from transforms.schema import (
-    CUTOUT_FIELDS,
-    REQUIRED_ALERT_FIELDS,
-    REQUIRED_CANDIDATE_FIELDS,
-)
+from transforms.parquet import PARQUET_MAGIC, iter_parquet_records
+from transforms.schema import CUTOUT_FIELDS
+from transforms.surveys import ZTF, Survey, survey_of_fields
+from transforms.wire import decode_wire, is_wire_format
 
 AVRO_MAGIC = b"Obj\x01"
 SYNC_SIZE = 16
@@ -44,7 +50,8 @@ class AlertDecodeError(Exception):
     ----------
     code
         Short machine-readable reason (``bad_magic``, ``truncated``, ``sync_mismatch``,
-        ``bad_schema``, ``not_ztf``, ``bad_record``, ``codec``).
+        ``bad_schema``, ``unknown_survey``, ``bad_alert``, ``bad_record``, ``codec``,
+        ``unknown_schema_id``, ``bad_parquet``).
     detail
         Human-readable detail.
     """
@@ -76,42 +83,57 @@ class Alert:
     path
         The file or archive ``source`` lives in, as it was read (``""`` for messages). Kept apart
         from ``source`` because a path may itself contain the ``!`` of ``archive!member``.
+    survey
+        The adapter of the packet's survey (:mod:`transforms.surveys`); every property below
+        reads through it.
     """
 
     record: dict[str, Any]
     source: str
     raw: bytes = field(repr=False)
     path: str = field(default="", repr=False)
+    survey: Survey = field(default=ZTF, repr=False)
 
     @property
     def object_id(self) -> str:
-        """ZTF object identifier, e.g. ``ZTF18abcdefg``."""
-        return self.record["objectId"]
+        """Object identifier: ZTF ``objectId`` (``ZTF18abcdefg``); Rubin ``diaObjectId`` as a
+        string, ``ss<ssObjectId>`` for a solar-system alert."""
+        return self.survey.object_id(self.record)
 
     @property
     def candid(self) -> int:
-        """Unique candidate (alert) identifier."""
-        return self.record["candid"]
+        """Unique alert identifier: ZTF ``candid``, Rubin ``diaSourceId``."""
+        return self.survey.alert_id(self.record)
 
     @property
     def candidate(self) -> dict[str, Any]:
-        """The detection's measured fields."""
-        return self.record["candidate"]
+        """The detection's measured fields: ZTF ``candidate``, Rubin ``diaSource``."""
+        return self.survey.source(self.record)
 
     @property
     def jd(self) -> float:
-        """Julian date of the detection [day]."""
-        return self.record["candidate"]["jd"]
+        """Julian date (UTC) of the detection [day]."""
+        return self.survey.jd(self.record)
+
+    @property
+    def band(self) -> str:
+        """Filter of the detection (``g``, ``r``, ``i``; Rubin ``u g r i z y``)."""
+        return self.survey.band(self.record)
 
     @property
     def prv_candidates(self) -> list[dict[str, Any]]:
-        """Previous detections and upper limits (30 days), empty when null."""
-        return self.record.get("prv_candidates") or []
+        """Earlier detections (and ZTF upper limits) the packet carries, empty when null."""
+        return list(self.survey.history(self.record))
+
+    @property
+    def earlier_detection(self) -> bool:
+        """The packet's history holds a detection earlier than this one."""
+        return self.survey.earlier_detection(self.record)
 
     @property
     def schema_version(self) -> str:
-        """``schemavsn`` of the packet (``"1.8"`` for the early packets that lack the field)."""
-        return self.record.get("schemavsn") or "1.8"
+        """The packet's schema version (ZTF ``schemavsn``, ``"1.8"`` for packets without it)."""
+        return self.survey.schema_version(self.record)
 
     def slim(self) -> Alert:
         """This alert without its history (``prv_candidates``, ``fp_hists``) and raw bytes.
@@ -122,15 +144,13 @@ class Alert:
         batch job's dead-letter sink reads them back, once per file
         (:func:`transforms.sources.read_containers`).
         """
-        record = {k: v for k, v in self.record.items() if k not in _HISTORY_FIELDS}
-        return Alert(record=record, source=self.source, raw=b"", path=self.path)
+        history = self.survey.history_fields
+        record = {k: v for k, v in self.record.items() if k not in history}
+        return Alert(record=record, source=self.source, raw=b"", path=self.path, survey=self.survey)
 
     def cutout_bytes(self, kind: str) -> bytes | None:
-        """The compressed stamp of one kind (``science``, ``template``, ``difference``), or None."""
-        cutout = self.record.get(CUTOUT_FIELDS[kind])
-        if cutout is None:
-            return None
-        return cutout.get("stampData")
+        """The stamp of one kind (``science``, ``template``, ``difference``) as stored, or None."""
+        return self.survey.cutout_bytes(self.record, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +159,25 @@ class _Writer:
 
     parsed: Any
     header_meta: bytes  # encoded metadata map, reused to build single-record containers
-    missing: tuple[str, ...]  # required ZTF fields absent from the schema (non-empty: not ZTF)
+    survey: Survey | None  # the survey whose packets the schema describes; None: no survey's
+    fields: tuple[str, ...] = ()  # top-level record fields, for the error naming them
 
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """ZTF fields this schema lacks when it is no survey's (empty when it is some survey's)."""
+        if self.survey is not None:
+            return ()
+        return tuple(f for f in sorted(ZTF.signature) if f not in self.fields) or ("objectId",)
 
-#: Record fields only first-detection selection reads; dropped by :meth:`Alert.slim`.
-_HISTORY_FIELDS = frozenset({"prv_candidates", "fp_hists"})
+    def unknown_survey(self) -> AlertDecodeError:
+        """The error for a schema that is no survey's."""
+        shown = ", ".join(self.fields[:6]) + (", ..." if len(self.fields) > 6 else "")
+        return AlertDecodeError(
+            "unknown_survey",
+            f"writer schema is neither a ZTF nor a Rubin alert (lacks ZTF field(s) "
+            f"{', '.join(self.missing)}; has {shown})",
+        )
+
 
 _WRITERS: dict[bytes, _Writer] = {}
 #: Bound on distinct writer schemas kept per process (ZTF has had ~7 in eight years).
@@ -237,11 +271,11 @@ def _writer_for(schema_bytes: bytes, meta_bytes: bytes) -> _Writer:
         parsed = fastavro.parse_schema(schema)
     except Exception as e:  # malformed JSON or an invalid Avro schema
         raise AlertDecodeError("bad_schema", f"writer schema does not parse: {e}") from e
-    names = {f["name"] for f in schema.get("fields", [])} if isinstance(schema, dict) else set()
-    missing = tuple(n for n in REQUIRED_ALERT_FIELDS if n not in names)
-    if not missing:
-        missing = tuple(f for f in CUTOUT_FIELDS.values() if f not in names)
-    writer = _Writer(parsed=parsed, header_meta=meta_bytes, missing=missing)
+    names = [f["name"] for f in schema.get("fields", [])] if isinstance(schema, dict) else []
+    survey = survey_of_fields(set(names))
+    if survey is ZTF and any(f not in names for f in CUTOUT_FIELDS.values()):
+        survey = None  # a ZTF-like record without cutouts (e.g. a DECam alert) is not usable
+    writer = _Writer(parsed=parsed, header_meta=meta_bytes, survey=survey, fields=tuple(names))
     if len(_WRITERS) >= _MAX_WRITERS:
         _WRITERS.clear()
     _WRITERS[schema_bytes] = writer
@@ -279,16 +313,10 @@ def _decompress(codec: str, data: bytes | memoryview) -> bytes | memoryview:
     raise AlertDecodeError("codec", f"unsupported codec {codec!r}")
 
 
-def _check_record(record: Any, index: int) -> None:
-    if not isinstance(record, dict):
-        raise AlertDecodeError("not_ztf", f"record {index} is a {type(record).__name__}")
-    for name in REQUIRED_ALERT_FIELDS:
-        if record.get(name) is None:
-            raise AlertDecodeError("not_ztf", f"record {index} has no {name}")
-    cand = record["candidate"]
-    missing = [f for f in REQUIRED_CANDIDATE_FIELDS if cand.get(f) is None]
-    if missing:
-        raise AlertDecodeError("not_ztf", f"record {index} candidate lacks {', '.join(missing)}")
+def _check_record(record: Any, index: int, survey: Survey = ZTF) -> None:
+    why = survey.validate(record)
+    if why is not None:
+        raise AlertDecodeError("bad_alert", f"record {index}: {survey.name} alert with {why}")
 
 
 def single_record_container(meta_bytes: bytes, datum: bytes) -> bytes:
@@ -313,12 +341,14 @@ def single_record_container(meta_bytes: bytes, datum: bytes) -> bytes:
 
 
 def iter_alerts(data: bytes, source: str, path: str = "") -> Iterator[Alert]:
-    """Decode every record of an Avro container into :class:`Alert` objects.
+    """Decode every alert in one file or message into :class:`Alert` objects.
 
     Parameters
     ----------
     data
-        The bytes of one Avro object container file (one or many records, ZTF schema 1.8 to 4.02).
+        An Avro object container (one or many records: ZTF schemas 1.8 to 4.02, Rubin packets or
+        brokers' copies of them), a Kafka wire-format message (:mod:`transforms.wire`) or a
+        Parquet file (:mod:`transforms.parquet`), told apart by their first bytes.
     source
         A label for where the bytes came from, kept on each alert and in errors.
     path
@@ -333,8 +363,59 @@ def iter_alerts(data: bytes, source: str, path: str = "") -> Iterator[Alert]:
     ------
     AlertDecodeError
         On the first problem: bad magic, truncation, sync mismatch, unknown codec, a schema that is
-        not a ZTF alert, or a record that does not decode. Records before it have been yielded.
+        no survey's alert, an unknown wire-format schema id, or a record that does not decode.
+        Records before it have been yielded.
     """
+    if data[:4] == PARQUET_MAGIC:
+        yield from _iter_parquet(data, source, path)
+    elif is_wire_format(data) and data[:4] != AVRO_MAGIC:
+        yield from _iter_wire(data, source, path)
+    else:
+        yield from _iter_container(data, source, path)
+
+
+def _error_of(e: ValueError) -> AlertDecodeError:
+    code, _, detail = str(e).partition(": ")
+    return AlertDecodeError(code, detail)
+
+
+def _survey_for(record: Any, index: int) -> Survey:
+    survey = survey_of_fields(set(record)) if isinstance(record, dict) else None
+    if survey is None:
+        fields = ", ".join(list(record)[:6]) if isinstance(record, dict) else type(record).__name__
+        raise AlertDecodeError(
+            "unknown_survey", f"record {index} is neither a ZTF nor a Rubin alert (has {fields})"
+        )
+    _check_record(record, index, survey)
+    return survey
+
+
+def _iter_wire(data: bytes, source: str, path: str) -> Iterator[Alert]:
+    try:
+        for _schema_id, _parsed, record in decode_wire(data):
+            survey = _survey_for(record, 0)
+            yield Alert(record=record, source=source, raw=bytes(data), path=path, survey=survey)
+    except ValueError as e:
+        raise _error_of(e) from e
+
+
+def _iter_parquet(data: bytes, source: str, path: str) -> Iterator[Alert]:
+    rows = iter_parquet_records(bytes(data))
+    index = 0
+    while True:
+        try:
+            item = next(rows, None)
+        except ValueError as e:
+            raise _error_of(e) from e
+        if item is None:
+            return
+        record, raw = item
+        survey = _survey_for(record, index)
+        yield Alert(record=record, source=source, raw=raw, path=path, survey=survey)
+        index += 1
+
+
+def _iter_container(data: bytes, source: str, path: str) -> Iterator[Alert]:
     r = _Reader(memoryview(data))
     meta, meta_bytes, sync = _read_header(r)
     schema_bytes = meta.get("avro.schema")
@@ -342,10 +423,9 @@ def iter_alerts(data: bytes, source: str, path: str = "") -> Iterator[Alert]:
         raise AlertDecodeError("bad_schema", "container metadata has no avro.schema")
     codec = meta.get("avro.codec", b"null").decode("ascii", "replace") or "null"
     writer = _writer_for(schema_bytes, meta_bytes)
-    if writer.missing:
-        raise AlertDecodeError(
-            "not_ztf", f"writer schema lacks ZTF field(s) {', '.join(writer.missing)}"
-        )
+    if writer.survey is None:
+        raise writer.unknown_survey()
+    survey = writer.survey
     if codec != "null":
         # Single-record containers we build for dead letters are uncompressed: rewrite the codec.
         meta_bytes = _null_codec_meta(meta)
@@ -372,9 +452,9 @@ def iter_alerts(data: bytes, source: str, path: str = "") -> Iterator[Alert]:
                 raise AlertDecodeError(
                     "bad_record", f"record {index} does not decode: {type(e).__name__}: {e}"
                 ) from e
-            _check_record(record, index)
+            _check_record(record, index, survey)
             raw = data if single else single_record_container(meta_bytes, block[start : bio.tell()])
-            yield Alert(record=record, source=source, raw=bytes(raw), path=path)
+            yield Alert(record=record, source=source, raw=bytes(raw), path=path, survey=survey)
             index += 1
         if bio.tell() != len(block):
             raise AlertDecodeError(

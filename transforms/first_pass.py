@@ -40,7 +40,6 @@ from typing import Any, NamedTuple
 import fastavro
 
 from transforms.alerts import (
-    _HISTORY_FIELDS,
     AVRO_MAGIC,
     SYNC_SIZE,
     Alert,
@@ -56,6 +55,10 @@ from transforms.alerts import (
 )
 from transforms.rules import history_skip_reason
 from transforms.schema import REQUIRED_ALERT_FIELDS, REQUIRED_CANDIDATE_FIELDS
+from transforms.surveys import ZTF
+
+#: ZTF record fields only selection reads (the fast paths are ZTF's; other surveys decode in full).
+_HISTORY_FIELDS = ZTF.history_fields
 
 __all__ = ["Scanned", "scan_alerts", "scan_counts", "slim_alerts"]
 
@@ -937,7 +940,7 @@ def _writer_and_plan(schema_bytes: bytes, meta_bytes: bytes) -> tuple[_Writer, _
     if hit is not None and hit[0] == schema_bytes:
         return hit[1], hit[2]
     writer = _writer_for(schema_bytes, meta_bytes)  # raises bad_schema as decode_alerts does
-    plan = None if writer.missing else _plan_for(schema_bytes, writer)
+    plan = None if writer.survey is not ZTF else _plan_for(schema_bytes, writer)
     if len(_RECENT) >= _MAX_RECENT:
         _RECENT.clear()
     _RECENT[len(schema_bytes)] = (schema_bytes, writer, plan)
@@ -946,6 +949,7 @@ def _writer_and_plan(schema_bytes: bytes, meta_bytes: bytes) -> tuple[_Writer, _
 
 # --- containers -----------------------------------------------------------------------------------
 def _earlier(record: dict) -> bool:
+    """Earlier detection in a ZTF record's history (the fast paths read ZTF only)."""
     prv = record.get("prv_candidates") or []
     # Entries that are not records hold no candid (history_skip_reason would fail on them).
     entries = [p for p in prv if isinstance(p, dict)]
@@ -956,13 +960,25 @@ def _fallback(data: bytes, source: str, path: str, out: list[Scanned]) -> None:
     alerts, error = decode_alerts(data, source, path)
     _COUNTS["fallback"] += len(alerts)
     for a in alerts:
-        out.append(Scanned(a.object_id, a.candid, a.jd, _earlier(a.record), source, path))
+        out.append(
+            Scanned(
+                a.object_id,
+                a.candid,
+                a.jd,
+                _earlier(a.record) if a.survey is ZTF else a.earlier_detection,
+                source,
+                path,
+            )
+        )
     if error is not None:
         raise error
 
 
 def _scan_into(data: bytes, source: str, path: str, out: list[Scanned]) -> None:
     # The framing below follows transforms.alerts.iter_alerts step by step, with its messages.
+    if not data.startswith(AVRO_MAGIC):  # wire-format messages, Parquet: no plan, full decode
+        _fallback(data, source, path, out)
+        return
     r = _Reader(memoryview(data))
     meta, meta_bytes, sync = _header(r, data)
     schema_bytes = meta.get("avro.schema")
@@ -970,10 +986,8 @@ def _scan_into(data: bytes, source: str, path: str, out: list[Scanned]) -> None:
         raise AlertDecodeError("bad_schema", "container metadata has no avro.schema")
     codec = meta.get("avro.codec", b"null").decode("ascii", "replace") or "null"
     writer, plan = _writer_and_plan(schema_bytes, meta_bytes)
-    if writer.missing:
-        raise AlertDecodeError(
-            "not_ztf", f"writer schema lacks ZTF field(s) {', '.join(writer.missing)}"
-        )
+    if writer.survey is None:
+        raise writer.unknown_survey()
     if plan is None:
         _fallback(data, source, path, out)
         return
@@ -1150,7 +1164,7 @@ def _slim_fast(data: bytes, source: str, path: str) -> list[Alert] | None:
     if schema_bytes is None or meta.get("avro.codec", b"null") not in (b"null", b""):
         return None
     writer, _ = _writer_and_plan(schema_bytes, meta_bytes)
-    plan = None if writer.missing else _slim_plan_for(schema_bytes, writer)
+    plan = None if writer.survey is not ZTF else _slim_plan_for(schema_bytes, writer)
     if plan is None:
         return None
     out: list[Alert] = []

@@ -34,6 +34,19 @@ REQUIRED_CANDIDATE_FIELDS: Final[tuple[str, ...]] = (
     "fid",  # filter id: 1 g, 2 r, 3 i
 )
 
+# --- Surveys (transforms.surveys) -----------------------------------------------------------------
+#: Survey names (``--survey``, the ``survey`` output column); ``auto`` decides per packet.
+SURVEY_NAMES: Final[tuple[str, ...]] = ("ztf", "lsst")
+SURVEY_AUTO: Final[str] = "auto"
+#: ZTF filter id -> band name.
+ZTF_BANDS: Final[dict[int, str]] = {1: "g", 2: "r", 3: "i"}
+#: Rubin's six bands.
+LSST_BANDS: Final[tuple[str, ...]] = ("u", "g", "r", "i", "z", "y")
+#: TAI - UTC [s] since 2017-01-01 (Rubin times are TAI, ZTF's UTC).
+TAI_MINUS_UTC: Final[float] = 37.0
+#: Rubin alerts' magnitude zero point: m_AB = 31.4 - 2.5 log10(flux / nJy).
+LSST_ZERO_POINT: Final[float] = 31.4  # [mag]
+
 # --- Dead letters (SPEC §9) -----------------------------------------------------------------------
 #: Pipeline stages a record can die in, in pipeline order.
 STAGE_READ: Final[str] = "read"  # the file or archive member could not be read at all
@@ -137,6 +150,12 @@ FEATURES_ALERCE_26: Final[tuple[str, ...]] = (
     + FEATURES_ALERCE_EXTRA
     + FEATURES_PRODUCTION[FEATURES_PRODUCTION.index("diffmaglim") + 1 :]
 )
+#: ALeRCE's 26 plus ZTF's deep real/bogus score, which separates bright-star subtraction residuals
+#: that fool the 2018 ``rb`` (schema >= 3.3; null before, then imputed).
+FEATURES_DRB_27: Final[tuple[str, ...]] = (
+    *FEATURES_ALERCE_26,
+    "drb",  # [0..1] deep-learning RealBogus score (ZTF schema >= 3.3)
+)
 #: Features computed from other fields rather than read from the candidate record.
 DERIVED_FEATURES: Final[tuple[str, ...]] = (
     "isdiffpos",  # encoded from the 't'/'f'/'1'/'0' string
@@ -202,6 +221,9 @@ IMPUTE_VALUES: Final[dict[str, float]] = {
     "diffmaglim": 20.216649,  # [mag]
     "classtar": 0.856637,
     "rb": 0.614756,
+    # Absent from ZTF alerts before schema 3.3 (2019): undecided, and seen as such in training
+    # (the simulator writes it null on nights before then).
+    "drb": 0.5,
     "chinr": 1.179800,
     "sharpnr": -0.028653,
 }

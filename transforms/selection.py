@@ -47,7 +47,7 @@ from apache_beam.metrics import Metrics
 from transforms.alerts import Alert, AlertDecodeError, iter_alerts
 from transforms.dead_letters import dead_letter
 from transforms.first_pass import slim_alerts
-from transforms.rules import earliest_key, history_skip_reason
+from transforms.rules import earliest_key
 from transforms.schema import (
     METRICS_NAMESPACE,
     SELECT_MODES,
@@ -206,12 +206,10 @@ def reread_winners(
 
 
 def history_reason(alert: Any) -> str | None:
-    """:func:`transforms.rules.history_skip_reason` of an :class:`Alert` or a first-pass
-    :class:`transforms.first_pass.Scanned` record (which carries the answer already)."""
-    earlier = getattr(alert, "earlier_detection", None)
-    if earlier is not None:
-        return SKIP_EARLIER_DETECTION if earlier else None
-    return history_skip_reason(alert.candidate, alert.prv_candidates)
+    """Why an :class:`Alert` (its survey judges its history) or a first-pass
+    :class:`transforms.first_pass.Scanned` record (which carries the answer) is not a first
+    detection, or None."""
+    return SKIP_EARLIER_DETECTION if alert.earlier_detection else None
 
 
 class _History(beam.DoFn):

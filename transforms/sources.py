@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from transforms.alerts import Alert, AlertDecodeError
 
 #: File names picked up when a *directory* is given (explicit files and globs are read as named).
-ALERT_SUFFIXES: tuple[str, ...] = (".avro", ".tar.gz", ".tgz", ".tar", ".zip")
+ALERT_SUFFIXES: tuple[str, ...] = (
+    ".avro",  # Avro containers, or wire-format messages saved as they arrived
+    ".parquet",  # brokers' Parquet copies (Fink's Rubin layout)
+    ".wire",  # wire-format messages (byte 0, int32 schema id, record)
+    ".tar.gz",
+    ".tgz",
+    ".tar",
+    ".zip",
+)
 ARCHIVE_SUFFIXES: tuple[str, ...] = (".tar.gz", ".tgz", ".tar")
 #: Largest single file or archive member read into memory [bytes]; alerts are ~70 kB, Fink-style
 #: multi-alert files a few MB.

@@ -63,7 +63,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.alerts import Alert
 from transforms.density import healpix_pixels, sum_pairs
-from transforms.rules import earliest_key, history_skip_reason
+from transforms.rules import earliest_key
 from transforms.schema import (
     DEFAULT_HOLD_S,
     DEFAULT_STATE_TTL_S,
@@ -71,6 +71,7 @@ from transforms.schema import (
     SELECT_MODES,
     SKIP_DUPLICATE,
     SKIP_EARLIER_ALREADY_CLASSIFIED,
+    SKIP_EARLIER_DETECTION,
     SKIP_NOT_FIRST_IN_INPUT,
     TAG_ALERTS,
     TAG_DEAD_LETTERS,
@@ -180,7 +181,7 @@ class _HistoryCheck(beam.DoFn):
         self.skipped = Metrics.counter(METRICS_NAMESPACE, "skipped_earlier_detection")
 
     def process(self, alert: Alert) -> Iterator[Any]:
-        reason = history_skip_reason(alert.candidate, alert.prv_candidates)
+        reason = SKIP_EARLIER_DETECTION if alert.earlier_detection else None
         if reason is None:
             yield alert
         else:
