@@ -39,7 +39,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11,<3.12",
-    packages=["pipeline", "transforms", "model", "simulator", "bench"],
+    packages=["pipeline", "transforms", "transforms.surveys", "model", "simulator", "bench"],
     package_data={
         "simulator": ["schema/*.avsc"],
         "model": ["default/**/*"],

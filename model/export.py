@@ -41,7 +41,7 @@ def fit_transform(
     Parameters
     ----------
     features, stamps
-        Raw training examples, ``[N, F]`` and ``[N, 63, 63, 3]``.
+        Raw training examples, ``[N, F]`` and ``[N, S, S, 3]`` (S: the survey's stamp side).
     feature_names
         Feature order.
     transform_dir
@@ -79,7 +79,12 @@ def fit_transform(
         with beam.Pipeline(options=options) as p:
             examples = p | "Shards" >> beam.Create(shards) | "Load" >> beam.FlatMap(load)
             _ = examples | "Fit" >> FitTransform(
-                feature_names, transform_dir, stats=stats, crop=crop, temp_dir=str(scratch / "tmp")
+                feature_names,
+                transform_dir,
+                stats=stats,
+                crop=crop,
+                temp_dir=str(scratch / "tmp"),
+                stamp_size=int(stamps.shape[1]),
             )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -150,6 +155,7 @@ def export_model(
     version: str | None = None,
     description: str = "",
     extra: Mapping[str, Any] | None = None,
+    survey: str = "ztf",
 ) -> dict[str, Any]:
     """Write ``out_dir``: the SavedModel (transform embedded) and ``stampflow_model.json``.
 
@@ -172,6 +178,9 @@ def export_model(
         What it was trained on.
     extra
         More metadata (metrics, hyper-parameters).
+    survey
+        The survey whose alerts it classifies (``ztf``, ``lsst``): its stamp size is the
+        signature's, and the pipeline refuses it for another survey's alerts.
 
     Returns
     -------
@@ -179,14 +188,20 @@ def export_model(
         The metadata written.
     """
     from transforms.preprocess import export_serving_model
+    from transforms.surveys import get_survey
 
+    size = get_survey(survey).stamp_size
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
-    export_serving_model(net, transform_dir, str(out), n_features=len(feature_names))
+    export_serving_model(
+        net, transform_dir, str(out), n_features=len(feature_names), stamp_size=size
+    )
     metadata = {
         "name": name,
         "version": version or dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "survey": survey,
+        "stamp_size": size,
         "class_names": list(CLASS_NAMES),
         "features": list(feature_names),
         "crop": config.crop,
@@ -194,7 +209,7 @@ def export_model(
         "images_only": config.n_features == 0,
         "inputs": {
             RAW_FEATURES_KEY: f"float32 [N, {len(feature_names)}] raw (imputed, unclipped)",
-            RAW_STAMPS_KEY: "float32 [N, 63, 63, 3] science, template, difference",
+            RAW_STAMPS_KEY: f"float32 [N, {size}, {size}, 3] science, template, difference",
         },
         "description": description,
         **(extra or {}),

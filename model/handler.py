@@ -46,11 +46,13 @@ __all__ = [
     "VersionedHandler",
     "WatchedModel",
     "model_dirs_newest_first",
+    "model_survey",
     "onnx_file_problem",
     "onnx_metadata_problem",
     "onnx_providers",
     "read_metadata",
     "serving_function",
+    "stamp_shape",
     "visible_gpus",
     "write_metadata",
 ]
@@ -86,6 +88,17 @@ def _grow_gpu_memory() -> None:
 
 class ModelDirError(ValueError):
     """A ``--model`` directory that is not an exported stampflow model."""
+
+
+def model_survey(meta: dict[str, Any]) -> str:
+    """The survey a model's metadata declares (models from before surveys were named: ZTF)."""
+    return str(meta.get("survey") or "ztf")
+
+
+def stamp_shape(meta: dict[str, Any]) -> tuple[int, int, int]:
+    """``(S, S, 3)``: the raw stamp cube a model's signature takes (63 when not recorded)."""
+    size = int(meta.get("stamp_size") or 63)
+    return (size, size, 3)
 
 
 def read_metadata(model_dir: str) -> dict[str, Any]:
@@ -275,7 +288,7 @@ def _mixed_serve(model: Any, local: str, device: str) -> Any:
         probe = serve(
             **{
                 RAW_FEATURES_KEY: tf.zeros([1, len(meta["features"])], tf.float32),
-                RAW_STAMPS_KEY: tf.zeros([1, 63, 63, 3], tf.float32),
+                RAW_STAMPS_KEY: tf.zeros([1, *stamp_shape(meta)], tf.float32),
             }
         )[SERVING_OUTPUT_KEY].numpy()
         if not np.all(np.isfinite(probe)):

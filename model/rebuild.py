@@ -71,4 +71,5 @@ def rebuild_serving_model(
         raise ValueError(f"{model_dir}: the SavedModel has no variables {missing}")
     for weight in net.weights:
         weight.assign(saved[weight.path].numpy())
-    return ServingModel(net, loaded.tft_layer, len(metadata["features"]))
+    size = int(metadata.get("stamp_size") or 63)
+    return ServingModel(net, loaded.tft_layer, len(metadata["features"]), stamp_size=size)

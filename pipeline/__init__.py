@@ -1,11 +1,15 @@
-"""stampflow pipelines: ZTF alerts in, first-detection class probabilities out.
+"""stampflow pipelines: ZTF and Rubin alerts in, first-detection class probabilities out.
 
 ``stampflow run`` (:mod:`pipeline.run_job`) is one chain of labelled composites, the same stages
 in batch and streaming, one stage per module::
 
-    ReadAlerts              transforms.ingest (files, archives, gs://) | pipeline.pubsub (Pub/Sub)
+    ReadAlerts              transforms.ingest (files, archives, gs://) | pipeline.pubsub (Pub/Sub);
+                            Avro, Parquet, wire format (transforms.alerts, .parquet, .wire),
+                            each packet's survey from its schema (transforms.surveys: ztf, lsst)
       └─ SelectFirstDetections   transforms.selection | transforms.streaming_state
-           └─ Featurize             transforms.featurize (23 features + raw 63×63×3 stamps)
+           └─ [RouteBySurvey]       one branch per survey with a --model (transforms.featurize)
+           └─ Featurize             transforms.featurize (ZTF: 23-27 features + raw 63×63×3
+                                    stamps; Rubin: 23 features + 30×30×3 stamps)
                 └─ Classify            pipeline.classify (RunInference, model.handler)
                      └─ ApplyRules        pipeline.classify (ALeRCE's rules, transforms.rules)
                           └─ SkyDensity      transforms.density (per night) | per window

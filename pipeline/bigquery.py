@@ -106,11 +106,23 @@ REQUIRED_COLUMNS: Final[dict[str, frozenset[str]]] = {
     TABLE_SKY_DENSITY: frozenset({"night", "nside", "pixel", "class", "count"}),
     TABLE_DEAD_LETTERS: frozenset({"stage", "reason", "source"}),
 }
-#: Columns identifying the rows a re-run replaces (all REQUIRED, so plain ``=`` compares them).
+#: Columns identifying the rows a re-run replaces (REQUIRED, or backfilled when added: never
+#: null, so plain ``=`` compares them).
 REPLACE_KEYS: Final[dict[str, tuple[str, ...]]] = {
     TABLE_PROBABILITIES: ("candid",),
-    TABLE_SKY_DENSITY: ("night", "nside", "pixel", "class"),
+    TABLE_SKY_DENSITY: ("night", "nside", "pixel", "class", "survey"),
     TABLE_DEAD_LETTERS: ("source",),
+}
+#: Columns added after tables were first created (issue 26: surveys), with the value rows written
+#: before then hold. :func:`ensure_tables` adds them to an existing table (a NULLABLE column is an
+#: additive, compatible schema change) and backfills them, so older rows keep matching the keys.
+ADDED_COLUMNS: Final[dict[str, dict[str, str]]] = {
+    TABLE_PROBABILITIES: {
+        "survey": "'ztf'",
+        "band": "CASE fid WHEN 1 THEN 'g' WHEN 2 THEN 'r' WHEN 3 THEN 'i' END",
+    },
+    TABLE_SKY_DENSITY: {"survey": "'ztf'"},
+    TABLE_DEAD_LETTERS: {},
 }
 #: Whether the replace key is unique in the table (staged rows are then de-duplicated on it).
 UNIQUE_KEYS: Final[dict[str, bool]] = {
@@ -302,7 +314,9 @@ def ensure_tables(
 ) -> dict[str, bigquery.Table]:
     """Create the dataset and the three tables if absent (idempotent).
 
-    Existing tables are left as they are, but must hold every column of :func:`table_schemas`.
+    Existing tables keep their rows; columns added since they were created
+    (:data:`ADDED_COLUMNS`) are appended to their schema and backfilled, and any other missing
+    column is an error.
 
     Parameters
     ----------
@@ -323,7 +337,7 @@ def ensure_tables(
     Raises
     ------
     ValueError
-        If an existing table lacks columns this module writes.
+        If an existing table lacks columns this module writes and cannot add.
     """
     ds = bigquery.Dataset(f"{project}.{dataset}")
     if location:
@@ -335,11 +349,34 @@ def ensure_tables(
             bigquery.Table(f"{project}.{dataset}.{name}", schema=schema), exists_ok=True
         )
         have = {field.name for field in table.schema}
-        missing = [field.name for field in schema if field.name not in have]
+        missing = [field for field in schema if field.name not in have]
+        unknown = [f.name for f in missing if f.name not in ADDED_COLUMNS[name]]
+        if unknown:
+            raise ValueError(f"existing table {table.full_table_id} lacks columns {unknown}")
         if missing:
-            raise ValueError(f"existing table {table.full_table_id} lacks columns {missing}")
+            table = _add_columns(client, table, name, missing)
         tables[name] = table
     return tables
+
+
+def _add_columns(
+    client: bigquery.Client, table: bigquery.Table, name: str, fields: list[bigquery.SchemaField]
+) -> bigquery.Table:
+    """Append NULLABLE ``fields`` to an existing table and backfill them (:data:`ADDED_COLUMNS`)."""
+    target = f"{table.project}.{table.dataset_id}.{table.table_id}"
+    # DDL rather than a tables.patch of the schema: the same on BigQuery, and the emulator
+    # applies it to its storage too.
+    for f in fields:  # one column per statement: the emulator takes no more
+        add = f"ADD COLUMN IF NOT EXISTS {_quote(f.name)} {f.field_type}"
+        client.query(f"ALTER TABLE {_quote(target)} {add}").result()
+    table = client.get_table(target)
+    have = {f.name for f in table.schema}
+    if any(f.name not in have for f in fields):  # the emulator keeps its metadata apart
+        table.schema = [*table.schema, *(f for f in fields if f.name not in have)]
+        table = client.update_table(table, ["schema"])
+    sets = ", ".join(f"{_quote(f.name)} = {ADDED_COLUMNS[name][f.name]}" for f in fields)
+    client.query(f"UPDATE {_quote(target)} SET {sets} WHERE TRUE").result()
+    return table
 
 
 def new_run_id() -> str:

@@ -41,7 +41,6 @@ from model.handler import (
 from pipeline.options import ModelInfo, ModelWatch
 from transforms.alerts import Alert
 from transforms.dead_letters import REREAD_PATH, dead_letter
-from transforms.rules import apply_rules, is_known_sso
 from transforms.schema import (
     PROBABILITY_COLUMNS,
     STAGE_INFERENCE,
@@ -49,6 +48,7 @@ from transforms.schema import (
     TAG_CLASSIFIED,
     TAG_DEAD_LETTERS,
 )
+from transforms.surveys import ZTF, get_survey
 
 __all__ = [
     "ApplyRules",
@@ -62,10 +62,11 @@ __all__ = [
 ]
 
 
-#: Candidate fields the rules and the SN report need beside the output row.
-EXTRA_FIELDS = ("ssdistnr", "isdiffpos", "sgscore1", "distpsnr1", "ndethist")
+#: ZTF candidate fields the rules and the SN report need beside the output row (each survey
+#: adapter names its own: :attr:`transforms.surveys.Survey.extra_fields`).
+EXTRA_FIELDS = ZTF.extra_fields
 #: Row fields copied from the alert.
-_ALERT_FIELDS = ("objectId", "candid", "jd", "ra", "dec", "fid", "magpsf")
+_ALERT_FIELDS = ("objectId", "candid", "jd", "ra", "dec", "fid", "magpsf", "survey", "band")
 
 
 def alert_meta(alert: Alert) -> dict[str, Any]:
@@ -79,24 +80,20 @@ def alert_meta(alert: Alert) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``objectId, candid, jd, ra, dec, fid, magpsf``, the rule fields, ``source``, ``path``,
-        ``raw`` and the compressed ``cutouts`` (for the SN page).
+        ``objectId, candid, survey``, the survey's row fields (``jd, ra, dec, fid, band,
+        magpsf``, its rule fields and ``known_sso``: :meth:`transforms.surveys.Survey.row_fields`),
+        ``source``, ``path``, ``raw`` and the cutouts as stored (for the SN page).
     """
-    c = alert.candidate
     meta = {
         "objectId": alert.object_id,
         "candid": alert.candid,
-        "jd": c["jd"],
-        "ra": c["ra"],
-        "dec": c["dec"],
-        "fid": c["fid"],
-        "magpsf": c.get("magpsf"),
+        "survey": alert.survey.name,
+        **alert.survey.row_fields(alert.record),
         "source": alert.source,
         "path": alert.path,
         "raw": alert.raw,
         "cutouts": {k: alert.cutout_bytes(k) for k in STAMP_KINDS},
     }
-    meta.update({f: c.get(f) for f in EXTRA_FIELDS})
     return meta
 
 
@@ -154,7 +151,7 @@ def failed_batch_letters(
 
 def _flag_known_sso(item: tuple[dict[str, Any], dict[str, Any]]) -> tuple[dict, dict]:
     meta, example = item
-    if is_known_sso(meta.get("ssdistnr")):
+    if meta.get("known_sso"):
         example = {**example, KNOWN_SSO_KEY: True}
     return meta, example
 
@@ -284,13 +281,14 @@ def to_row(meta: dict[str, Any], probs: Any, rules: bool, model: ModelInfo) -> d
         Every :data:`transforms.schema.PROBABILITY_COLUMN_NAMES` column, the rule fields, the
         compressed cutouts and the alert's ``source``, ``path`` and ``raw`` bytes.
     """
-    predicted, rule = apply_rules(probs, meta, enabled=rules)
-    row = {k: meta[k] for k in _ALERT_FIELDS}
+    survey = get_survey(meta.get("survey") or "ztf")
+    predicted, rule = survey.apply_rules(probs, meta, enabled=rules)
+    row = {k: meta.get(k) for k in _ALERT_FIELDS}
     row.update({col: float(p) for col, p in zip(PROBABILITY_COLUMNS, probs, strict=True)})
     row.update(
         predicted_class=predicted, rule=rule, model_name=model.name, model_version=model.version
     )
-    row.update({f: meta.get(f) for f in EXTRA_FIELDS})
+    row.update({f: meta.get(f) for f in survey.extra_fields})
     # For the SN page: the stamps, and where the alert's history can be read (its own bytes in
     # streaming; its file again in batch, where selection dropped it).
     row.update(cutouts=meta["cutouts"], source=meta["source"], path=meta["path"], raw=meta["raw"])

@@ -27,9 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from model.handler import METADATA_FILE, ModelDirError, onnx_file_problem, read_metadata
+from model.handler import (
+    METADATA_FILE,
+    ModelDirError,
+    model_survey,
+    onnx_file_problem,
+    read_metadata,
+)
 from pipeline.argtypes import non_negative_float, positive_float, positive_int, power_of_two
 from pipeline.errors import OptionsError
 from pipeline.writable import check_output
@@ -39,6 +46,8 @@ from transforms.schema import (
     EVENT_TIME_ATTRIBUTE,
     SELECT_MODES,
     STAMP_SIZE_POLICIES,
+    SURVEY_AUTO,
+    SURVEY_NAMES,
 )
 from transforms.sources import ReadError, expand_pattern
 
@@ -111,6 +120,11 @@ class ModelInfo:
     version: str
     features: tuple[str, ...]
     metadata: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def survey(self) -> str:
+        """The survey whose alerts the model classifies (``ztf`` when its metadata is older)."""
+        return model_survey(self.metadata)
 
     @classmethod
     def read(cls, directory: str) -> ModelInfo:
@@ -280,6 +294,14 @@ class RunOptions:
         Compile the serving function with XLA.
     mixed_precision
         Half-precision compute in the network (``--runtime tensorflow`` only).
+    other_models
+        Models for other surveys' alerts (``--model`` given once per survey); ``model`` is the
+        first given.
+    survey
+        ``--survey``: ``ztf``, ``lsst``, or ``auto`` (each packet by its schema).
+    schema_dirs, schema_registry
+        Where wire-format messages' writer schemas are found (``--schema-dir``,
+        ``--schema-registry``; :mod:`transforms.wire`).
     """
 
     model: ModelInfo
@@ -302,6 +324,15 @@ class RunOptions:
     device: str = "cpu"
     jit_compile: bool = False
     mixed_precision: bool = False
+    other_models: tuple[ModelInfo, ...] = ()
+    survey: str = SURVEY_AUTO
+    schema_dirs: tuple[str, ...] = ()
+    schema_registry: str = ""
+
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        """The model of each survey this run classifies, the first given first."""
+        return {m.survey: m for m in (self.model, *self.other_models)}
 
     @property
     def is_streaming(self) -> bool:
@@ -339,7 +370,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", type=str, default="output", help="output directory")
     parser.add_argument(
-        "--model", type=str, default=DEFAULT_MODEL, help="exported model dir (default: shipped)"
+        "--model",
+        type=str,
+        action="append",
+        default=None,
+        help="exported model dir (default: the shipped ZTF model); give it once per survey when "
+        "alerts of several arrive (each model's metadata names its survey)",
+    )
+    parser.add_argument(
+        "--survey",
+        choices=(*SURVEY_NAMES, SURVEY_AUTO),
+        default=SURVEY_AUTO,
+        help="whose alerts to classify: ztf, lsst (Rubin), or auto (default): each packet by its "
+        "schema, alerts of a survey without a --model become dead letters",
+    )
+    parser.add_argument(
+        "--schema-dir",
+        action="append",
+        default=None,
+        help="directory of Rubin alert schemas (lsst.vMAJOR_MINOR.alert.avsc, e.g. the "
+        "lsst-alert-packet package's schema/): how wire-format messages are decoded",
+    )
+    parser.add_argument(
+        "--schema-registry",
+        type=str,
+        default="",
+        help="Confluent schema registry URL for wire-format messages (after --schema-dir)",
     )
     parser.add_argument(
         "--select",
@@ -620,6 +676,38 @@ def _onnx_available_providers() -> list[str]:
     return onnxruntime.get_available_providers()
 
 
+def _schema_dirs(dirs: Sequence[str]) -> tuple[str, ...]:
+    for d in dirs:
+        if not FileSystems.exists(d):
+            raise OptionsError(f"--schema-dir: {d} does not exist")
+    return tuple(dirs)
+
+
+def _models(dirs: Sequence[str], survey: str, given: bool) -> list[ModelInfo]:
+    """Read the ``--model`` directories and check them against ``--survey``."""
+    models = [ModelInfo.read(d) for d in dirs]
+    seen: dict[str, str] = {}
+    for m in models:
+        if m.survey not in SURVEY_NAMES:
+            raise OptionsError(f"--model {m.directory}: unknown survey {m.survey!r} in metadata")
+        if m.survey in seen:
+            raise OptionsError(
+                f"--model: {seen[m.survey]} and {m.directory} both classify {m.survey} alerts"
+            )
+        seen[m.survey] = m.directory
+    if survey != SURVEY_AUTO:
+        if survey not in seen:
+            hint = "" if given else " (no Rubin model ships yet: give --model with one)"
+            raise OptionsError(
+                f"--survey {survey}: no --model classifies {survey} alerts "
+                f"({', '.join(f'{d} is for {s}' for s, d in seen.items())}){hint}"
+            )
+        others = [d for s, d in seen.items() if s != survey]
+        if others:
+            raise OptionsError(f"--survey {survey}: --model {others[0]} is not a {survey} model")
+    return models
+
+
 def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> RunOptions:
     """Validate parsed flags (see :func:`add_arguments`) into :class:`RunOptions`.
 
@@ -651,14 +739,22 @@ def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> R
         if not args.input:
             raise OptionsError("--input is required (or --streaming)")
         inputs = check_inputs(args.input)
-    model = ModelInfo.read(args.model)
+    schema_dirs = _schema_dirs(args.schema_dir or ())
+    models = _models(args.model or [DEFAULT_MODEL], args.survey, bool(args.model))
+    if len(models) > 1 and args.model_watch:
+        raise OptionsError("--model-watch follows one model; give a single --model with it")
     if args.runtime == "onnx":
-        problem = onnx_file_problem(model.directory, model.metadata)
-        if problem:
-            raise OptionsError(f"--runtime onnx: {problem}")
+        for model in models:
+            problem = onnx_file_problem(model.directory, model.metadata)
+            if problem:
+                raise OptionsError(f"--runtime onnx: {problem}")
     output = None if streaming else check_output(args.output)
     return RunOptions(
-        model=model,
+        model=models[0],
+        other_models=tuple(models[1:]),
+        survey=args.survey,
+        schema_dirs=schema_dirs,
+        schema_registry=args.schema_registry.rstrip("/"),
         inputs=inputs,
         output=output,
         streaming=streaming,

@@ -21,6 +21,7 @@ from pipeline.options import StreamingOptions
 from transforms.ingest import DecodeAlerts
 from transforms.schema import SOURCE_ATTRIBUTE, TAG_ALERTS, TAG_DEAD_LETTERS
 from transforms.streaming_state import jd_to_unix
+from transforms.wire import SchemaSources
 
 __all__ = ["ReadPubSubAlerts", "message_to_container", "with_event_time"]
 
@@ -47,11 +48,14 @@ class ReadPubSubAlerts(beam.PTransform):
     ----------
     streaming
         The subscription and the optional timestamp attribute.
+    schemas
+        Where wire-format (Rubin) messages' writer schemas are found.
     """
 
-    def __init__(self, streaming: StreamingOptions) -> None:
+    def __init__(self, streaming: StreamingOptions, schemas: SchemaSources | None = None) -> None:
         super().__init__()
         self.streaming = streaming
+        self.schemas = schemas
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         decoded = (
@@ -63,7 +67,10 @@ class ReadPubSubAlerts(beam.PTransform):
                 timestamp_attribute=self.streaming.timestamp_attribute,
             )
             | "ToContainer" >> beam.Map(message_to_container)
-            | "Decode" >> beam.ParDo(DecodeAlerts()).with_outputs(TAG_DEAD_LETTERS, main=TAG_ALERTS)
+            | "Decode"
+            >> beam.ParDo(DecodeAlerts(schemas=self.schemas)).with_outputs(
+                TAG_DEAD_LETTERS, main=TAG_ALERTS
+            )
         )
         alerts = decoded[TAG_ALERTS] | "EventTime" >> beam.Map(with_event_time)
         return {TAG_ALERTS: alerts, TAG_DEAD_LETTERS: decoded[TAG_DEAD_LETTERS]}

@@ -85,7 +85,7 @@ from pipeline.sinks import (
 )
 from pipeline.summary import CountOutcomes, counters, format_summary, read_counts, summarise
 from transforms.density import NightlySkyDensity
-from transforms.featurize import Featurize
+from transforms.featurize import Featurize, RouteBySurvey
 from transforms.ingest import ReadAlerts
 from transforms.schema import (
     TAG_ALERTS,
@@ -97,6 +97,8 @@ from transforms.schema import (
     TAG_SKIPPED,
 )
 from transforms.selection import SelectFirstDetections
+from transforms.surveys import get_survey
+from transforms.wire import SchemaSources, configure_schemas
 
 __all__ = [
     "build",
@@ -114,11 +116,12 @@ __all__ = [
 def _mode_stages(opts: RunOptions) -> dict[str, Any]:
     """The composites that differ between batch and streaming (the rest of the chain is shared)."""
     s = opts.streaming
+    schemas = SchemaSources(opts.schema_dirs, opts.schema_registry)
     if s is None:
         return {
             # The first pass reads only what selection needs; the winners are decoded in full.
-            "read": ReadAlerts(opts.inputs, scan=True, spread=opts.spread_files),
-            "select": SelectFirstDetections(opts.select, spread=opts.spread),
+            "read": ReadAlerts(opts.inputs, scan=True, spread=opts.spread_files, schemas=schemas),
+            "select": SelectFirstDetections(opts.select, spread=opts.spread, schemas=schemas),
             "density": NightlySkyDensity(opts.nside),
             "outputs": WriteBatchOutputs(
                 opts.output, opts.model, opts.top_sn, opts.bigquery, opts.tns
@@ -129,7 +132,7 @@ def _mode_stages(opts: RunOptions) -> dict[str, Any]:
     from transforms.streaming_state import SelectFirstDetectionsStreaming, SkyDensityWindows
 
     return {
-        "read": ReadPubSubAlerts(s),
+        "read": ReadPubSubAlerts(s, schemas),
         "select": SelectFirstDetectionsStreaming(opts.select, s.hold_s, s.ttl_s),
         "density": SkyDensityWindows(s.window_s, s.lateness_s, s.early_s, opts.nside),
         "outputs": PublishOutputs(s, opts.bigquery, opts.model, opts.top_sn, opts.tns),
@@ -148,28 +151,43 @@ def build(p: beam.Pipeline, opts: RunOptions) -> dict[str, beam.PCollection]:
     """
     stage = _mode_stages(opts)
     progress.reset()
+    configure_schemas(opts.schema_dirs, opts.schema_registry)  # this process too (local runners)
     read = p | "ReadAlerts" >> stage["read"]
     selected = read[TAG_ALERTS] | "SelectFirstDetections" >> stage["select"]
-    featurized = selected[TAG_ALERTS] | "Featurize" >> Featurize(
-        opts.model.features, opts.stamp_policy, key=alert_meta
-    )
-    classified = featurized[TAG_EXAMPLES] | "Classify" >> Classify(
-        opts.model,
-        opts.watch,
-        known_sso_around=opts.rules,
-        runtime=opts.runtime,
-        device=opts.device,
-        jit_compile=opts.jit_compile,
-        mixed_precision=opts.mixed_precision,
-    )
-    rows = classified[TAG_CLASSIFIED] | "ApplyRules" >> ApplyRules(opts.rules, opts.model)
+    models = opts.models
+    dead_parts = [read[TAG_DEAD_LETTERS], selected[TAG_DEAD_LETTERS]]
+    if len(models) == 1:
+        # One survey served: its Featurize dead-letters other surveys' alerts itself.
+        branches = {opts.model.survey: selected[TAG_ALERTS]}
+    else:
+        routed = selected[TAG_ALERTS] | "RouteBySurvey" >> beam.ParDo(
+            RouteBySurvey(list(models))
+        ).with_outputs(TAG_DEAD_LETTERS, *models)
+        branches = {name: routed[name] for name in models}
+        dead_parts.append(routed[TAG_DEAD_LETTERS])
+    survey_rows = []
+    for i, (name, model) in enumerate(models.items()):
+        # The first model's stages keep their labels (Dataflow updates match steps by label).
+        suffix = "" if i == 0 else f" {name}"
+        featurized = branches[name] | f"Featurize{suffix}" >> Featurize(
+            model.features, opts.stamp_policy, key=alert_meta, survey=get_survey(name)
+        )
+        classified = featurized[TAG_EXAMPLES] | f"Classify{suffix}" >> Classify(
+            model,
+            opts.watch if i == 0 else None,
+            known_sso_around=opts.rules,
+            runtime=opts.runtime,
+            device=opts.device,
+            jit_compile=opts.jit_compile,
+            mixed_precision=opts.mixed_precision,
+        )
+        survey_rows.append(
+            classified[TAG_CLASSIFIED] | f"ApplyRules{suffix}" >> ApplyRules(opts.rules, model)
+        )
+        dead_parts += [featurized[TAG_DEAD_LETTERS], classified[TAG_DEAD_LETTERS]]
+    rows = survey_rows[0] if len(survey_rows) == 1 else survey_rows | "Rows" >> beam.Flatten()
     density = rows | "SkyDensity" >> stage["density"]
-    dead = (
-        read[TAG_DEAD_LETTERS],
-        selected[TAG_DEAD_LETTERS],
-        featurized[TAG_DEAD_LETTERS],
-        classified[TAG_DEAD_LETTERS],
-    ) | "DeadLetters" >> CollectDeadLetters(read_back=not opts.is_streaming)
+    dead = tuple(dead_parts) | "DeadLetters" >> CollectDeadLetters(read_back=not opts.is_streaming)
     refused = {
         TAG_ROWS: rows,
         TAG_DENSITY: density,

@@ -360,7 +360,7 @@ def write_sn_candidates(
     with FileSystems.create(FileSystems.join(output, f"{name}.csv")) as f:
         f.write(text.getvalue().encode())
     if title is None:
-        label = nights_label(night_of(r["jd"]) for r in rows)
+        label = nights_label(night_of(r["jd"], r.get("survey")) for r in rows)
         title = f"SN candidates, {label}" if label else "SN candidates"
     page = render_page(records, title, model, tns.group_id, tns.reporter)
     with FileSystems.create(FileSystems.join(output, f"{name}.html")) as f:

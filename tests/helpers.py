@@ -46,6 +46,8 @@ __all__ = [
     "GCS_BUCKET",
     "MINI_SCHEMA",
     "REAL",
+    "RUBIN",
+    "RUBIN_SCHEMAS",
     "ROOT",
     "byte_flips",
     "decoded_alerts",
@@ -61,6 +63,7 @@ __all__ = [
     "needs_alerce",
     "needs_bad",
     "needs_real",
+    "needs_rubin",
     "raw_cube",
     "real_containers",
     "reference_features_26",
@@ -86,6 +89,13 @@ needs_bad = pytest.mark.skipif(
 
 #: The bucket the ``gcs`` fixture (conftest.py) creates on its emulator.
 GCS_BUCKET = "night"
+
+RUBIN = DATA / "rubin_alerts"
+#: The official Rubin alert schemas (lsst-alert-packet's), for wire-format messages.
+RUBIN_SCHEMAS = RUBIN / "lsst-alert-packet-30.2026.2700_pypi"
+needs_rubin = pytest.mark.skipif(
+    not RUBIN.is_dir(), reason=f"real Rubin alerts not found at {RUBIN} (set STAMPFLOW_DATA)"
+)
 
 ALERTS_DIR = REAL  # the name the feature tests use
 ALERCE = DATA / "alerce"
@@ -337,22 +347,34 @@ def reference_inputs(alerts, stats):
 
 
 # --- models ---------------------------------------------------------------------------------------
-def export_random_model(night, out: Path, version: str = "0.0.1") -> Path:
-    """A small exported model: random weights (kernel 3, for speed), the production features, and
-    the tf.Transform graph fitted with Beam on ``night`` itself."""
+def export_random_model(night, out: Path, version: str = "0.0.1", survey: str = "ztf") -> Path:
+    """A small exported model: random weights (kernel 3, for speed), the survey's default features
+    (ZTF's 23 production ones; Rubin's), and the tf.Transform graph fitted with Beam on ``night``
+    itself (unlabelled alerts: only their feature and pixel statistics are used)."""
     from model.export import export_model, fit_transform
     from model.network import NetworkConfig, build_network
     from transforms.featurize import featurize_alerts
-    from transforms.schema import FEATURES_PRODUCTION
+    from transforms.surveys import get_survey
 
-    result = featurize_alerts(decoded_alerts(night), FEATURES_PRODUCTION, "pad")
+    adapter = get_survey(survey)
+    names = adapter.default_features
+    alerts = [a for a in decoded_alerts(night) if a.survey is adapter]
+    result = featurize_alerts(alerts, names, "pad", adapter)
     feats = np.stack([e["features"] for _, e in result.examples])
     stamps = np.stack([e["stamps"] for _, e in result.examples])
-    transform = fit_transform(feats, stamps, FEATURES_PRODUCTION, str(out / "tft"), 21)
-    cfg = NetworkConfig(kernel_size=3)
+    crop = 21 if survey == "ztf" else adapter.stamp_size
+    transform = fit_transform(feats, stamps, names, str(out / "tft"), crop)
+    cfg = NetworkConfig(kernel_size=3, crop=crop, n_features=len(names))
     model = out / "model"
     export_model(
-        build_network(cfg), transform, str(model), cfg, FEATURES_PRODUCTION, "test-model", version
+        build_network(cfg),
+        transform,
+        str(model),
+        cfg,
+        names,
+        "test-model" if survey == "ztf" else f"test-model-{survey}",
+        version,
+        survey=survey,
     )
     return model
 

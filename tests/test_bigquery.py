@@ -27,6 +27,7 @@ from bench.emulators import (
     bigquery_missing_requirements,
 )
 from pipeline.bigquery import (
+    ADDED_COLUMNS,
     FILE_LOADS,
     REPLACE_KEYS,
     STREAMING_INSERTS,
@@ -79,6 +80,8 @@ def probability_rows(n: int = 20, model_version: str = "1.0") -> list[dict[str, 
                 "dec": float(rng.uniform(-30, 90)),
                 "fid": 1 + i % 2,
                 "magpsf": float(rng.uniform(15, 21)),
+                "survey": "ztf",
+                "band": "gr"[i % 2],
                 **{c: float(v) for c, v in zip(PROBABILITY_COLUMNS, p, strict=True)},
                 "predicted_class": cls,
                 "rule": RULE_KNOWN_ASTEROID if cls == "asteroid" else None,
@@ -98,6 +101,7 @@ def density_rows() -> list[dict[str, Any]]:
             "class": cls,
             "count": 1 + pixel % 3,
             "mean_probability": 0.5 + pixel / 10_000,
+            "survey": "ztf",
         }
         for pixel, cls in [(10, "SN"), (10, "AGN"), (2047, "VS"), (3071, "bogus")]
     ]
@@ -152,7 +156,8 @@ def test_schemas_follow_the_schema_module() -> None:
     assert modes[TABLE_PROBABILITIES]["rule"] == "NULLABLE"
     assert modes[TABLE_DEAD_LETTERS]["candid"] == "NULLABLE"  # decode failures have no candid
     for table, keys in REPLACE_KEYS.items():
-        assert all(modes[table][k] == "REQUIRED" for k in keys), table
+        # Never null: REQUIRED, or added later and backfilled (ADDED_COLUMNS).
+        assert all(modes[table][k] == "REQUIRED" or k in ADDED_COLUMNS[table] for k in keys), table
     for table in TABLES:
         assert beam_schema(table) == {
             "fields": [
@@ -248,6 +253,42 @@ def test_ensure_tables_is_idempotent(emulator: BigQueryEmulator, dataset: str) -
         got = client.get_table(f"{emulator.project}.{dataset}.{table}").schema
         assert [(f.name, f.mode) for f in got] == [(f.name, f.mode) for f in schema]
         assert client.list_rows(f"{emulator.project}.{dataset}.{table}").total_rows == 0
+
+
+def test_tables_from_before_surveys_gain_the_columns_backfilled(
+    emulator: BigQueryEmulator,
+) -> None:
+    """Issue 26: ``survey`` and ``band`` are added to tables created without them (an additive
+    change) and old rows are backfilled, so a re-run replaces them rather than doubling them."""
+    client = emulator.client()
+    dataset = f"old_{next(_datasets)}"
+    client.create_dataset(f"{emulator.project}.{dataset}")
+    old = {}
+    for table, schema in table_schemas().items():
+        fields = [f for f in schema if f.name not in ADDED_COLUMNS[table]]
+        table_id = f"{emulator.project}.{dataset}.{table}"
+        client.create_table(bigquery.Table(table_id, schema=fields))
+        rows = {TABLE_PROBABILITIES: probability_rows(4), TABLE_SKY_DENSITY: density_rows()}
+        old[table] = [
+            {k: v for k, v in r.items() if k not in ADDED_COLUMNS[table]}
+            for r in rows.get(table, [])
+        ]
+        if old[table]:
+            errors = client.insert_rows_json(
+                table_id, [to_bigquery_row(table, r) for r in old[table]]
+            )
+            assert not errors
+    ensure_tables(client, dataset, emulator.project)
+    for table, schema in table_schemas().items():
+        got = client.get_table(f"{emulator.project}.{dataset}.{table}").schema
+        # Added columns come last: every write names its columns, so order does not matter.
+        assert sorted(f.name for f in got) == sorted(f.name for f in schema)
+    probs = read_table(client, f"{emulator.project}.{dataset}.{TABLE_PROBABILITIES}")
+    assert {(r["survey"], r["band"], r["fid"]) for r in probs} == {("ztf", "g", 1), ("ztf", "r", 2)}
+    # The same night again, as the new code writes it: replaced, not doubled.
+    run_night(emulator, dataset, {TABLE_SKY_DENSITY: density_rows()}, new_run_id())
+    got = read_table(client, f"{emulator.project}.{dataset}.{TABLE_SKY_DENSITY}")
+    assert canonical(got, TABLE_SKY_DENSITY) == canonical(density_rows(), TABLE_SKY_DENSITY)
 
 
 def test_emulator_client_survives_pickling(emulator: BigQueryEmulator, dataset: str) -> None:

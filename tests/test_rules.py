@@ -81,13 +81,16 @@ def test_history_check():
 def test_night_and_pixels():
     assert night_of(2458345.5) == "20180815"  # MJD 58345.0 = 2018-08-15 00:00 UT
     assert night_of(2458345.99) == "20180815"
+    # Rubin's night is its dayObs, the date at UTC-12 h: 2026-03-07 05:00 UT is night 20260306.
+    assert night_of(2461106.7083, "lsst") == "20260306"
+    assert night_of(2461106.7083, "ztf") == "20260307"
     import astropy.units as u
     from astropy_healpix import HEALPix
 
     ra, dec = np.array([0.0, 180.0, 359.9]), np.array([-30.0, 0.0, 89.0])
     expected = HEALPix(nside=64, order="nested").lonlat_to_healpix(ra * u.deg, dec * u.deg)
     np.testing.assert_array_equal(healpix_pixels(ra, dec, 64), expected)
-    (row,) = density_rows([(("20180815", 7, "SN"), (4, 3.0))], 64)
+    (row,) = density_rows([(("20180815", 7, "SN", "ztf"), (4, 3.0))], 64)
     assert row == {
         "night": "20180815",
         "nside": 64,
@@ -95,6 +98,7 @@ def test_night_and_pixels():
         "class": "SN",
         "count": 4,
         "mean_probability": 0.75,
+        "survey": "ztf",
     }
 
 

@@ -21,6 +21,7 @@ from astropy.io import fits
 from fastavro.validation import validate
 
 from simulator import make_alerts, plan_night, simulate
+from simulator.generate import DRB_START_JD
 from simulator.metadata import ecliptic, galactic
 from simulator.montage import montage
 from simulator.writer import load_alert_schema
@@ -392,7 +393,10 @@ def test_defects_at_requested_rate(night):
             shapes = {decode_stamp(alert[k]["stampData"]).shape for k in CUTOUTS}
             assert len(shapes) == 1 and shapes != {(63, 63)}
         else:
-            assert all(alert["candidate"][f] is not None for f in ("fwhm", "drb", "diffmaglim"))
+            assert all(alert["candidate"][f] is not None for f in ("fwhm", "diffmaglim"))
+            # drb exists from ZTF schema 3.3 (simulator.generate.DRB_START_JD) on.
+            jd = alert["candidate"]["jd"]
+            assert (alert["candidate"]["drb"] is None) == (jd < DRB_START_JD)
 
 
 def test_mix_is_respected():

@@ -19,7 +19,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from transforms.schema import CLASS_NAMES
+from transforms.schema import CLASS_NAMES, NIGHT_OFFSET_HOURS
 
 __all__ = [
     "NightlySkyDensity",
@@ -35,9 +35,11 @@ __all__ = [
 _MJD0 = datetime(1858, 11, 17, tzinfo=UTC)
 
 
-def night_of(jd: float) -> str:
-    """UT date ``YYYYMMDD`` of a Julian date (a Palomar night falls within one UT date)."""
-    return (_MJD0 + timedelta(days=jd - 2400000.5)).strftime("%Y%m%d")
+def night_of(jd: float, survey: str | None = "ztf") -> str:
+    """The night ``YYYYMMDD`` of a Julian date (UTC): ZTF's is the UT date (a Palomar night falls
+    within one), Rubin's its ``dayObs``, the date at UTC-12 h (a Chilean night straddles 0h UT)."""
+    hours = NIGHT_OFFSET_HOURS.get(survey or "ztf", 0.0)
+    return (_MJD0 + timedelta(days=jd - 2400000.5, hours=-hours)).strftime("%Y%m%d")
 
 
 def healpix_pixels(ra: np.ndarray, dec: np.ndarray, nside: int) -> np.ndarray:
@@ -62,9 +64,10 @@ def healpix_pixels(ra: np.ndarray, dec: np.ndarray, nside: int) -> np.ndarray:
     return hp.lonlat_to_healpix(np.asarray(ra) * u.deg, np.asarray(dec) * u.deg).astype(np.int64)
 
 
-def density_key(row: Mapping[str, Any], pixel: int) -> tuple[str, int, str]:
-    """Grouping key of a probability row: ``(night, pixel, predicted_class)``."""
-    return night_of(row["jd"]), int(pixel), row["predicted_class"]
+def density_key(row: Mapping[str, Any], pixel: int) -> tuple[str, int, str, str]:
+    """Grouping key of a probability row: ``(night, pixel, predicted_class, survey)``."""
+    survey = row.get("survey") or "ztf"
+    return night_of(row["jd"], survey), int(pixel), row["predicted_class"], survey
 
 
 def sum_pairs(pairs: Iterable[tuple[int, float]]) -> tuple[int, float]:
@@ -77,9 +80,9 @@ def sum_pairs(pairs: Iterable[tuple[int, float]]) -> tuple[int, float]:
 
 
 def density_rows(
-    sums: Iterable[tuple[tuple[str, int, str], tuple[int, float]]], nside: int
+    sums: Iterable[tuple[tuple[str, int, str, str], tuple[int, float]]], nside: int
 ) -> list[dict[str, Any]]:
-    """Turn ``((night, pixel, class), (count, sum of p_class))`` into sky-density rows."""
+    """Turn ``((night, pixel, class, survey), (count, sum of p_class))`` into sky-density rows."""
     return [
         {
             "night": night,
@@ -88,8 +91,9 @@ def density_rows(
             "class": cls,
             "count": count,
             "mean_probability": total / count if count else 0.0,
+            "survey": survey,
         }
-        for (night, pixel, cls), (count, total) in sums
+        for (night, pixel, cls, survey), (count, total) in sums
     ]
 
 
@@ -113,8 +117,7 @@ def _keyed_by_pixel(rows: Sequence[Mapping[str, Any]], nside: int) -> Iterator[A
         np.array([r["ra"] for r in rows]), np.array([r["dec"] for r in rows]), nside
     )
     for row, pixel in zip(rows, pixels, strict=True):
-        cls = row["predicted_class"]
-        yield (night_of(row["jd"]), int(pixel), cls), (1, row[f"p_{cls}"])
+        yield density_key(row, pixel), (1, row[f"p_{row['predicted_class']}"])
 
 
 class NightlySkyDensity(beam.PTransform):

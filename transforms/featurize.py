@@ -1,11 +1,15 @@
 """Beam adapter: decoded alerts -> raw model inputs keyed by ``candid``, or dead letters.
 
 Flow: ``beam.BatchElements`` groups alerts so the sky-coordinate transform runs once per batch;
-:class:`FeaturizeBatchDoFn` decodes each alert's three cutouts (:mod:`transforms.stamps`), stacks
-them into a raw ``[63, 63, 3]`` cube under a size policy (``drop`` or ``pad``), computes the raw
-feature vector (:mod:`transforms.features`) and emits::
+:class:`FeaturizeBatchDoFn` has each alert's survey adapter (:mod:`transforms.surveys`) decode its
+three cutouts (:mod:`transforms.stamps`) into a raw ``[S, S, 3]`` cube under a size policy
+(``drop`` or ``pad``; S = 63 for ZTF, 30 for Rubin), computes the raw feature vector (ZTF:
+:mod:`transforms.features`; Rubin: :mod:`transforms.surveys.lsst`) and emits::
 
-    (candid, {"features": float32 [F], "stamps": float32 [63, 63, 3]})
+    (candid, {"features": float32 [F], "stamps": float32 [S, S, 3]})
+
+One step featurises one survey's alerts for that survey's model; an alert of another survey is a
+``features`` dead letter (the pipeline routes each survey to its own step, so none arrive).
 
 Features are imputed but neither clipped nor standardised and stamps are neither cropped nor
 normalised: the tf.Transform graph (:mod:`transforms.preprocess`) does both, the same way in
@@ -27,12 +31,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.alerts import Alert
 from transforms.dead_letters import alert_dead_letter
-from transforms.features import (
-    extract_features,
-    sky_coordinates,
-    stack_stamps,
-    validate_feature_names,
-)
+from transforms.features import sky_coordinates
 from transforms.schema import (
     FEATURES_PRODUCTION,
     METRICS_NAMESPACE,
@@ -40,14 +39,21 @@ from transforms.schema import (
     RAW_STAMPS_KEY,
     STAGE_FEATURES,
     STAGE_STAMPS,
-    STAMP_KINDS,
     STAMP_SIZE_POLICIES,
     TAG_DEAD_LETTERS,
     TAG_EXAMPLES,
 )
-from transforms.stamps import StampError, decode_stamps
+from transforms.stamps import StampError
+from transforms.surveys import ZTF, Survey
 
-__all__ = ["Featurize", "FeaturizeBatchDoFn", "FeaturizeResult", "featurize_alerts"]
+__all__ = [
+    "Featurize",
+    "FeaturizeBatchDoFn",
+    "FeaturizeResult",
+    "RouteBySurvey",
+    "featurize_alerts",
+    "no_model_reason",
+]
 
 #: Metric names (namespace :data:`~transforms.schema.METRICS_NAMESPACE`). Imputations are counted
 #: per feature as ``featurize_imputed_<feature>``.
@@ -57,6 +63,41 @@ METRIC_DEAD_STAMPS = "featurize_dead_letters_stamps"
 METRIC_DEAD_FEATURES = "featurize_dead_letters_features"
 METRIC_PADDED = "featurize_stamps_padded"
 METRIC_IMPUTED_PREFIX = "featurize_imputed_"
+
+
+def no_model_reason(survey: str, served: Sequence[str]) -> str:
+    """The dead-letter reason of an alert whose survey no model of the run classifies."""
+    return (
+        f"no_model: a {survey} alert; this run's models classify {', '.join(served)} alerts "
+        f"(give --model with a {survey} model)"
+    )
+
+
+class RouteBySurvey(beam.DoFn):
+    """Send each alert to its survey's branch (tagged output named after the survey); alerts of a
+    survey no model classifies leave as ``features`` dead letters.
+
+    Parameters
+    ----------
+    served
+        The surveys the run has a model for.
+    """
+
+    def __init__(self, served: Sequence[str]) -> None:
+        super().__init__()
+        self._served = tuple(served)
+
+    def setup(self) -> None:
+        self._dead = Metrics.counter(METRICS_NAMESPACE, METRIC_DEAD_FEATURES)
+
+    def process(self, alert: Alert) -> Iterator[Any]:
+        name = alert.survey.name
+        if name in self._served:
+            yield beam.pvalue.TaggedOutput(name, alert)
+            return
+        self._dead.inc()
+        letter = alert_dead_letter(alert, STAGE_FEATURES, no_model_reason(name, self._served))
+        yield beam.pvalue.TaggedOutput(TAG_DEAD_LETTERS, letter)
 
 
 @dataclass
@@ -89,6 +130,7 @@ def featurize_alerts(
     alerts: Sequence[Alert],
     feature_names: Sequence[str] = FEATURES_PRODUCTION,
     stamp_policy: str = "drop",
+    survey: Survey = ZTF,
 ) -> FeaturizeResult:
     """Turn decoded alerts into raw model inputs, or dead letters.
 
@@ -99,7 +141,9 @@ def featurize_alerts(
     feature_names
         Feature order of the model.
     stamp_policy
-        ``"drop"`` (non-63x63 stamps -> dead letters) or ``"pad"`` (NaN-pad to 63x63).
+        ``"drop"`` (stamps of another size -> dead letters) or ``"pad"`` (NaN-pad them).
+    survey
+        The survey the model is for; alerts of others become ``features`` dead letters.
 
     Returns
     -------
@@ -115,23 +159,24 @@ def featurize_alerts(
     """
     if stamp_policy not in STAMP_SIZE_POLICIES:
         raise ValueError(f"stamp size policy {stamp_policy!r} not in {STAMP_SIZE_POLICIES}")
+    names = survey.validate_feature_names(feature_names)
     result = FeaturizeResult()
     cubes: list[np.ndarray] = []
     kept: list[int] = []
     for index, alert in enumerate(alerts):
-        cand = alert.candidate
+        if alert.survey is not survey:
+            reason = no_model_reason(alert.survey.name, (survey.name,))
+            result.dead_letters.append(alert_dead_letter(alert, STAGE_FEATURES, reason))
+            continue
         try:
-            images = decode_stamps({kind: alert.cutout_bytes(kind) for kind in STAMP_KINDS})
-            cube, padded = stack_stamps(
-                images, stamp_policy, xpos=cand.get("xpos"), ypos=cand.get("ypos")
-            )
+            cube, padded = survey.stamp_cube(alert.record, stamp_policy)
         except StampError as e:
             result.dead_letters.append(alert_dead_letter(alert, STAGE_STAMPS, str(e)))
             continue
         result.padded += padded
         cubes.append(cube)
         kept.append(index)
-    batch = extract_features([alerts[k].candidate for k in kept], feature_names)
+    batch = survey.features([alerts[k].candidate for k in kept], names)
     result.null_counts = batch.null_counts
     for i, index in enumerate(kept):
         alert = alerts[index]
@@ -154,12 +199,14 @@ class FeaturizeBatchDoFn(beam.DoFn):
     Parameters
     ----------
     feature_names
-        Feature order of the model (23 production or 26 ALeRCE).
+        Feature order of the model (e.g. ZTF's 23 production or ALeRCE's 26; Rubin's).
     stamp_policy
-        ``"drop"`` or ``"pad"`` for non-63x63 stamps.
+        ``"drop"`` or ``"pad"`` for stamps of another size than the survey's.
     key
         What to key each example by, from its alert (the pipeline keys by the row metadata it
         carries through RunInference); None keys by ``candid``.
+    survey
+        The survey of the model (and of the alerts this step receives).
     """
 
     def __init__(
@@ -167,13 +214,15 @@ class FeaturizeBatchDoFn(beam.DoFn):
         feature_names: Sequence[str] = FEATURES_PRODUCTION,
         stamp_policy: str = "drop",
         key: Callable[[Alert], Any] | None = None,
+        survey: Survey = ZTF,
     ) -> None:
         super().__init__()
         if stamp_policy not in STAMP_SIZE_POLICIES:
             raise ValueError(f"stamp size policy {stamp_policy!r} not in {STAMP_SIZE_POLICIES}")
-        self._names = validate_feature_names(feature_names)
+        self._names = survey.validate_feature_names(feature_names)
         self._policy = stamp_policy
         self._key = key
+        self._survey = survey
 
     def setup(self) -> None:
         # astropy builds its frame-transform graph and loads ERFA/IERS tables on the first
@@ -193,7 +242,7 @@ class FeaturizeBatchDoFn(beam.DoFn):
 
     def process(self, batch: Sequence[Alert]) -> Iterator[Any]:
         """Featurise one batch; yields examples and tagged dead letters."""
-        result = featurize_alerts(batch, self._names, self._policy)
+        result = featurize_alerts(batch, self._names, self._policy, self._survey)
         self._in.inc(len(batch))
         self._out.inc(len(result.examples))
         if result.padded:
@@ -222,7 +271,7 @@ class Featurize(beam.PTransform):
         ``"drop"`` or ``"pad"``.
     min_batch_size, max_batch_size
         Bounds for ``beam.BatchElements`` (the coordinate transform is vectorised per batch).
-    key
+    key, survey
         See :class:`FeaturizeBatchDoFn`.
 
     Returns
@@ -238,9 +287,10 @@ class Featurize(beam.PTransform):
         min_batch_size: int = 16,
         max_batch_size: int = 512,
         key: Callable[[Alert], Any] | None = None,
+        survey: Survey = ZTF,
     ) -> None:
         super().__init__()
-        self._dofn = FeaturizeBatchDoFn(feature_names, stamp_policy, key)
+        self._dofn = FeaturizeBatchDoFn(feature_names, stamp_policy, key, survey)
         self._min = min_batch_size
         self._max = max_batch_size
 

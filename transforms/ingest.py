@@ -31,6 +31,7 @@ from transforms.schema import (
     TAG_DEAD_LETTERS,
 )
 from transforms.sources import ReadError, expand_pattern, read_path
+from transforms.wire import SchemaSources, configure_schemas
 
 
 class ExpandInputs(beam.DoFn):
@@ -84,13 +85,21 @@ class DecodeAlerts(beam.DoFn):
         holds an earlier detection) instead of full alerts: what the batch job's first pass
         needs, read without decoding histories or cutouts. The records before a problem and the
         problem itself, hence the dead letters, are exactly those of a full decode.
+    schemas
+        Where wire-format messages' writer schemas are found (:mod:`transforms.wire`), set on
+        every worker in ``setup``; None keeps the process's own setting.
     """
 
-    def __init__(self, scan: bool = False) -> None:
+    def __init__(self, scan: bool = False, schemas: SchemaSources | None = None) -> None:
         self.scan = scan
+        self.schemas = schemas
         self._decode = scan_alerts if scan else decode_alerts
         self.alerts = Metrics.counter(METRICS_NAMESPACE, "alerts_decoded")
         self.dead = Metrics.counter(METRICS_NAMESPACE, f"dead_letters_{STAGE_DECODE}")
+
+    def setup(self) -> None:
+        if self.schemas is not None:
+            configure_schemas(self.schemas.dirs, self.schemas.registry)
 
     def process(self, element: tuple[str, bytes] | tuple[str, bytes, str]) -> Iterator[Any]:
         source, data = element[:2]
@@ -125,6 +134,8 @@ class ReadAlerts(beam.PTransform):
     spread
         Reshuffle the matched files so that every worker reads some (distributed runners, local
         worker processes); one local process reads them where they were matched.
+    schemas
+        Wire-format schema sources (see :class:`DecodeAlerts`).
 
     Returns
     -------
@@ -132,11 +143,18 @@ class ReadAlerts(beam.PTransform):
         ``{"alerts": PCollection[Alert | Scanned], "dead_letters": PCollection[dict]}``.
     """
 
-    def __init__(self, patterns: Iterable[str], scan: bool = False, spread: bool = True) -> None:
+    def __init__(
+        self,
+        patterns: Iterable[str],
+        scan: bool = False,
+        spread: bool = True,
+        schemas: SchemaSources | None = None,
+    ) -> None:
         super().__init__()
         self.patterns = list(patterns)
         self.scan = scan
         self.spread = spread
+        self.schemas = schemas
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         matched = (
@@ -150,9 +168,9 @@ class ReadAlerts(beam.PTransform):
         read = paths | "Read" >> beam.ParDo(ReadFiles()).with_outputs(
             TAG_DEAD_LETTERS, main="containers"
         )
-        decoded = read.containers | "Decode" >> beam.ParDo(DecodeAlerts(self.scan)).with_outputs(
-            TAG_DEAD_LETTERS, main=TAG_ALERTS
-        )
+        decoded = read.containers | "Decode" >> beam.ParDo(
+            DecodeAlerts(self.scan, self.schemas)
+        ).with_outputs(TAG_DEAD_LETTERS, main=TAG_ALERTS)
         dead = (
             matched[TAG_DEAD_LETTERS],
             read[TAG_DEAD_LETTERS],

@@ -73,6 +73,7 @@ from transforms.features import clip_bounds, validate_feature_names
 from transforms.schema import (
     CROP_SIZES,
     DEFAULT_CROP,
+    FEATURES_LSST,
     FEATURES_PRODUCTION,
     RAW_FEATURES_KEY,
     RAW_STAMPS_KEY,
@@ -83,7 +84,7 @@ from transforms.schema import (
     TRANSFORMED_STAMPS_KEY,
 )
 
-#: Shape of one raw stamp cube.
+#: Shape of one raw ZTF stamp cube (:func:`raw_stamps_shape` for other sizes).
 RAW_STAMPS_SHAPE: tuple[int, int, int] = (STAMP_SIZE, STAMP_SIZE, len(STAMP_KINDS))
 
 PreprocessingFn = Callable[[Mapping[str, tf.Tensor]], dict[str, tf.Tensor]]
@@ -111,21 +112,27 @@ def crop_bounds(crop: int, size: int = STAMP_SIZE) -> tuple[int, int]:
     ValueError
         For a crop that is even, non-positive or larger than ``size``.
     """
+    if crop == size:  # the whole stamp (Rubin's even 30 px stamps are fed whole)
+        return 0, size
     if crop not in CROP_SIZES and not (0 < crop <= size and crop % 2 == 1):
         raise ValueError(f"crop {crop} must be odd and in 1..{size} (usually {CROP_SIZES})")
     start = (size - 1) // 2 - crop // 2
     return start, start + crop
 
 
-def preprocess_stamps(stamps: tf.Tensor, crop: int = DEFAULT_CROP) -> tf.Tensor:
+def preprocess_stamps(
+    stamps: tf.Tensor, crop: int = DEFAULT_CROP, stamp_size: int = STAMP_SIZE
+) -> tf.Tensor:
     """Centre-crop and normalise raw stamp cubes, in TF ops (SPEC §5, steps 2-4).
 
     Parameters
     ----------
     stamps
-        ``float32 [N, 63, 63, 3]`` raw science/template/difference pixels, NaN allowed.
+        ``float32 [N, S, S, 3]`` raw science/template/difference pixels, NaN allowed.
     crop
-        Centre-crop side [pixels]: 21 (production), 41 or 63.
+        Centre-crop side [pixels]: 21 (production), 41 or 63 for ZTF; S feeds the whole stamp.
+    stamp_size
+        S, the side of the raw stamps (63 ZTF, 30 Rubin).
 
     Returns
     -------
@@ -134,7 +141,7 @@ def preprocess_stamps(stamps: tf.Tensor, crop: int = DEFAULT_CROP) -> tf.Tensor:
         with NaN pixels, all-NaN channels and constant channels (0/0) set to 0. Values are in
         [0, 1]. Infinite pixels are treated as NaN (bad pixels), so one cannot blank a channel.
     """
-    start, stop = crop_bounds(crop)
+    start, stop = crop_bounds(crop, stamp_size)
     x = tf.convert_to_tensor(stamps, dtype=tf.float32)[:, start:stop, start:stop, :]
     finite = tf.math.is_finite(x)
     inf = tf.constant(np.inf, tf.float32)
@@ -186,6 +193,7 @@ def make_preprocessing_fn(
     feature_names: Sequence[str] = FEATURES_PRODUCTION,
     stats: Mapping[str, Mapping[str, float]] | None = None,
     crop: int = DEFAULT_CROP,
+    stamp_size: int = STAMP_SIZE,
 ) -> PreprocessingFn:
     """Build a ``preprocessing_fn`` for a feature list, optional fixed statistics and a crop.
 
@@ -198,7 +206,9 @@ def make_preprocessing_fn(
         with its own statistics, e.g. ALeRCE's). None: fit ``tft.mean``/``tft.var`` (population
         variance) on the clipped training features.
     crop
-        Stamp centre-crop side (21, 41 or 63).
+        Stamp centre-crop side (21, 41 or 63; ``stamp_size`` for the whole stamp).
+    stamp_size
+        Side of the raw stamps (63 ZTF, 30 Rubin).
 
     Returns
     -------
@@ -210,8 +220,8 @@ def make_preprocessing_fn(
     ValueError, KeyError
         On an unknown feature, a feature without statistics, or a bad crop.
     """
-    names = validate_feature_names(feature_names)
-    crop_bounds(crop)  # fail at construction, not inside a Beam worker
+    names = known_feature_names(feature_names)
+    crop_bounds(crop, stamp_size)  # fail at construction, not inside a Beam worker
     lo, hi = clip_bounds(names)
     fixed = stats_arrays(names, stats) if stats is not None else None
 
@@ -225,7 +235,7 @@ def make_preprocessing_fn(
             mean, std = tf.constant(fixed[0]), tf.constant(fixed[1])
         return {
             TRANSFORMED_FEATURES_KEY: _safe_divide(x - mean, std),
-            TRANSFORMED_STAMPS_KEY: preprocess_stamps(inputs[RAW_STAMPS_KEY], crop),
+            TRANSFORMED_STAMPS_KEY: preprocess_stamps(inputs[RAW_STAMPS_KEY], crop, stamp_size),
         }
 
     return preprocessing_fn
@@ -266,13 +276,38 @@ def raw_arrow_schema() -> pa.Schema:
     )
 
 
-def raw_tensor_adapter_config(n_features: int) -> tensor_adapter.TensorAdapterConfig:
+def raw_stamps_shape(stamp_size: int = STAMP_SIZE) -> tuple[int, int, int]:
+    """Shape of one raw stamp cube of side ``stamp_size``."""
+    return (stamp_size, stamp_size, len(STAMP_KINDS))
+
+
+def known_feature_names(feature_names: Sequence[str]) -> tuple[str, ...]:
+    """``feature_names`` as a tuple when some survey computes every one of them.
+
+    Raises
+    ------
+    ValueError
+        On duplicates or an unknown name.
+    """
+    names = tuple(feature_names)
+    if names and all(n in FEATURES_LSST for n in names):
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate feature names in {names}")
+        return names
+    return validate_feature_names(names)
+
+
+def raw_tensor_adapter_config(
+    n_features: int, stamp_size: int = STAMP_SIZE
+) -> tensor_adapter.TensorAdapterConfig:
     """TFXIO metadata telling tf.Transform how to read raw record batches as dense tensors.
 
     Parameters
     ----------
     n_features
         Length of the feature vector.
+    stamp_size
+        Side of the raw stamps.
 
     Returns
     -------
@@ -283,7 +318,7 @@ def raw_tensor_adapter_config(n_features: int) -> tensor_adapter.TensorAdapterCo
         raw_arrow_schema(),
         {
             RAW_FEATURES_KEY: _dense_representation(RAW_FEATURES_KEY, [n_features]),
-            RAW_STAMPS_KEY: _dense_representation(RAW_STAMPS_KEY, RAW_STAMPS_SHAPE),
+            RAW_STAMPS_KEY: _dense_representation(RAW_STAMPS_KEY, raw_stamps_shape(stamp_size)),
         },
     )
 
@@ -296,7 +331,7 @@ def _large_list(values: np.ndarray) -> pa.LargeListArray:
 
 
 def examples_to_record_batch(
-    examples: Iterable[Mapping[str, np.ndarray]], n_features: int
+    examples: Iterable[Mapping[str, np.ndarray]], n_features: int, stamp_size: int = STAMP_SIZE
 ) -> pa.RecordBatch:
     """Pack raw model-input dicts into one record batch for tf.Transform.
 
@@ -306,6 +341,8 @@ def examples_to_record_batch(
         ``{"features": float32 [F], "stamps": float32 [63, 63, 3]}`` per alert.
     n_features
         Expected ``F``.
+    stamp_size
+        Expected stamp side.
 
     Returns
     -------
@@ -320,10 +357,11 @@ def examples_to_record_batch(
     examples = list(examples)
     features = np.stack([np.asarray(e[RAW_FEATURES_KEY], np.float32) for e in examples])
     stamps = np.stack([np.asarray(e[RAW_STAMPS_KEY], np.float32) for e in examples])
-    if features.shape[1:] != (n_features,) or stamps.shape[1:] != RAW_STAMPS_SHAPE:
+    shape = raw_stamps_shape(stamp_size)
+    if features.shape[1:] != (n_features,) or stamps.shape[1:] != shape:
         raise ValueError(
             f"examples have features {features.shape[1:]} and stamps {stamps.shape[1:]}, "
-            f"expected ({n_features},) and {RAW_STAMPS_SHAPE}"
+            f"expected ({n_features},) and {shape}"
         )
     return pa.RecordBatch.from_arrays(
         [_large_list(features), _large_list(stamps)], schema=raw_arrow_schema()
@@ -350,6 +388,8 @@ class FitTransform(beam.PTransform):
         Fixed statistics (no analyzers) or None to fit them; see :func:`make_preprocessing_fn`.
     crop
         Stamp crop side.
+    stamp_size
+        Side of the raw stamps (63 ZTF, 30 Rubin).
     temp_dir
         tf.Transform's scratch directory; None makes a fresh local temporary directory (pass a
         ``gs://`` path on Dataflow, where workers cannot see the launcher's disk).
@@ -365,10 +405,12 @@ class FitTransform(beam.PTransform):
         crop: int = DEFAULT_CROP,
         temp_dir: str | None = None,
         batch_size: int = 256,
+        stamp_size: int = STAMP_SIZE,
     ) -> None:
         super().__init__()
-        self._names = validate_feature_names(feature_names)
-        self._preprocessing_fn = make_preprocessing_fn(self._names, stats, crop)
+        self._names = known_feature_names(feature_names)
+        self._preprocessing_fn = make_preprocessing_fn(self._names, stats, crop, stamp_size)
+        self._stamp_size = stamp_size
         self._output_dir = output_dir
         self._temp_dir = temp_dir
         self._batch_size = batch_size
@@ -380,12 +422,12 @@ class FitTransform(beam.PTransform):
             examples
             | "Batch"
             >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
-            | "ToRecordBatch" >> beam.Map(examples_to_record_batch, n)
+            | "ToRecordBatch" >> beam.Map(examples_to_record_batch, n, self._stamp_size)
         )
         with tft_beam.Context(temp_dir=temp_dir):
             (transformed, _), transform_fn = (
                 batches,
-                raw_tensor_adapter_config(n),
+                raw_tensor_adapter_config(n, self._stamp_size),
             ) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
                 self._preprocessing_fn, output_record_batches=True
             )
@@ -457,6 +499,8 @@ class ServingModel(tf.Module):
         Length of the raw feature vector.
     input_map
         ``{model input name: transformed key}``; None infers it with :func:`model_input_map`.
+    stamp_size
+        Side of the raw stamps the signature takes (63 ZTF, 30 Rubin).
     """
 
     def __init__(
@@ -465,6 +509,7 @@ class ServingModel(tf.Module):
         transform_output_dir: str | Any,
         n_features: int,
         input_map: Mapping[str, str] | None = None,
+        stamp_size: int = STAMP_SIZE,
     ) -> None:
         super().__init__()
         self.model = model
@@ -478,7 +523,9 @@ class ServingModel(tf.Module):
             self._serve,
             input_signature=[
                 tf.TensorSpec([None, n_features], tf.float32, name=RAW_FEATURES_KEY),
-                tf.TensorSpec([None, *RAW_STAMPS_SHAPE], tf.float32, name=RAW_STAMPS_KEY),
+                tf.TensorSpec(
+                    [None, *raw_stamps_shape(stamp_size)], tf.float32, name=RAW_STAMPS_KEY
+                ),
             ],
         )
 
@@ -494,6 +541,7 @@ def export_serving_model(
     export_dir: str,
     n_features: int,
     input_map: Mapping[str, str] | None = None,
+    stamp_size: int = STAMP_SIZE,
 ) -> ServingModel:
     """Export ``model`` with the transform embedded as a self-contained SavedModel.
 
@@ -511,12 +559,14 @@ def export_serving_model(
         Length of the raw feature vector.
     input_map
         ``{model input name: transformed key}``; None infers it (:func:`model_input_map`).
+    stamp_size
+        Side of the raw stamps.
 
     Returns
     -------
     ServingModel
         The exported module (callable in process too).
     """
-    module = ServingModel(model, transform_output_dir, n_features, input_map)
+    module = ServingModel(model, transform_output_dir, n_features, input_map, stamp_size)
     tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})
     return module

@@ -26,6 +26,15 @@ from transforms.schema import (
 )
 
 _SN = CLASS_NAMES.index("SN")
+#: Index of the SN class in the network's output.
+RULE_SN_INDEX = _SN
+
+
+def sn_veto(probabilities: np.ndarray) -> str:
+    """The class an SN call falls to when a veto applies: the most probable other class."""
+    others = np.array(probabilities, dtype=np.float64)
+    others[_SN] = -1.0
+    return CLASS_NAMES[int(np.argmax(others))]
 
 
 def earliest_key(jd: float, candid: int) -> tuple[float, int]:
@@ -107,7 +116,5 @@ def apply_rules(
             ):
                 rule = RULE_SN_VETO_STAR
         if rule is not None:
-            others = np.array(probabilities, dtype=np.float64)
-            others[_SN] = -1.0
-            return CLASS_NAMES[int(np.argmax(others))], rule
+            return sn_veto(probabilities), rule
     return CLASS_NAMES[top], None

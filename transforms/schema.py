@@ -46,6 +46,49 @@ LSST_BANDS: Final[tuple[str, ...]] = ("u", "g", "r", "i", "z", "y")
 TAI_MINUS_UTC: Final[float] = 37.0
 #: Rubin alerts' magnitude zero point: m_AB = 31.4 - 2.5 log10(flux / nJy).
 LSST_ZERO_POINT: Final[float] = 31.4  # [mag]
+#: Rubin pixel scale [arcsec / pixel] (cutouts 0.1998-0.2001 measured from their WCS).
+LSST_PIXEL_SCALE: Final[float] = 0.2
+#: Side of the stamps an LSST model sees [pixels]: Rubin cutouts are max(bboxSize, 30) px square
+#: with the source within 0.5 px of the centre; larger ones are centre-cropped to this (6").
+LSST_STAMP_SIZE: Final[int] = 30
+#: Effective wavelength of each Rubin band [nm] (the ``band_wavelength`` feature).
+LSST_BAND_WAVELENGTH: Final[dict[str, float]] = {
+    "u": 367.0,
+    "g": 482.0,
+    "r": 622.0,
+    "i": 755.0,
+    "z": 869.0,
+    "y": 971.0,
+}
+#: Metadata features of an LSST model, computed from ``diaSource`` by
+#: :mod:`transforms.surveys.lsst` (formulas there; ``m(f) = 31.4 - 2.5 log10(f / nJy)``).
+FEATURES_LSST: Final[tuple[str, ...]] = (
+    "psf_mag",  # [mag] m(|psfFlux|): brightness of the difference
+    "psf_mag_err",  # [mag] 1.0857 psfFluxErr / |psfFlux|
+    "is_negative",  # 1 when psfFlux < 0 (fainter than the template), else 0
+    "snr",  # detection signal-to-noise ratio in the difference image
+    "reliability",  # [0..1] Rubin's ML real/bogus probability; 0.5 when null
+    "extendedness",  # [0..1] 0 point-like, 1 extended; 0.5 when null
+    "fwhm",  # [arcsec] 2.3548 sqrt((ixx + iyy) / 2) of the adaptive moments; PSF's when null
+    "fwhm_psf",  # [arcsec] the same of the PSF moments (the seeing); 1.0 when null
+    "trail_length",  # [arcsec] trailed-source fit; 0 when null
+    "is_dipole",  # 1 when well fit by a dipole, else 0
+    "science_mag",  # [mag] m(scienceFlux), forced on the visit image; -999 when flux <= 0
+    "template_mag",  # [mag] m(templateFlux), forced on the template; -999 when flux <= 0
+    "saturated",  # 1 when a saturated pixel is in the central 3x3, else 0
+    "cosmic_ray",  # 1 when a cosmic ray is in the central 3x3, else 0
+    "streak",  # 1 when a satellite streak is in the central 3x3, else 0
+    "edge",  # 1 when the footprint touches an image edge, else 0
+    "band_wavelength",  # [nm] effective wavelength of the band
+    "ra",  # [deg] ICRS
+    "dec",  # [deg] ICRS
+    "ecl_lat",  # [deg] barycentric mean ecliptic latitude (J2000)
+    "ecl_long",  # [deg] barycentric mean ecliptic longitude, [0, 360)
+    "gal_lat",  # [deg] Galactic latitude
+    "gal_long",  # [deg] Galactic longitude, [0, 360)
+)
+#: ``diaSource`` fields every LSST alert must carry to be featurised (else a ``features`` letter).
+LSST_REQUIRED_FIELDS: Final[tuple[str, ...]] = ("psfFlux", "psfFluxErr", "ra", "dec", "band")
 
 # --- Dead letters (SPEC §9) -----------------------------------------------------------------------
 #: Pipeline stages a record can die in, in pipeline order.
@@ -253,8 +296,10 @@ PROBABILITY_ROW: Final[tuple[tuple[str, str], ...]] = (
     ("jd", "FLOAT"),  # [day] Julian date of the detection
     ("ra", "FLOAT"),  # [deg] J2000
     ("dec", "FLOAT"),  # [deg] J2000
-    ("fid", "INTEGER"),  # 1 g, 2 r, 3 i
-    ("magpsf", "FLOAT"),  # [mag] PSF-fit magnitude in the difference image
+    ("fid", "INTEGER"),  # ZTF filter id 1 g, 2 r, 3 i; null for other surveys
+    ("magpsf", "FLOAT"),  # [mag] PSF-fit magnitude of the difference (Rubin: m(|psfFlux|))
+    ("survey", "STRING"),  # "ztf" or "lsst"
+    ("band", "STRING"),  # g r i (ZTF); u g r i z y (Rubin)
     *((c, "FLOAT") for c in PROBABILITY_COLUMNS),
     ("predicted_class", "STRING"),
     ("rule", "STRING"),  # which SPEC §8 rule decided the class; null when the CNN did
@@ -264,7 +309,8 @@ PROBABILITY_ROW: Final[tuple[tuple[str, str], ...]] = (
 PROBABILITY_COLUMN_NAMES: Final[tuple[str, ...]] = tuple(n for n, _ in PROBABILITY_ROW)
 
 # --- Rules around the CNN (SPEC §8), as recorded in the `rule` column -----------------------------
-RULE_KNOWN_ASTEROID: Final[str] = "known_solar_system_object"  # ssdistnr >= 0 [arcsec]
+#: ZTF: ssdistnr >= 0 [arcsec]; Rubin: the diaSource has an ssObjectId.
+RULE_KNOWN_ASTEROID: Final[str] = "known_solar_system_object"
 RULE_SN_VETO_NEGATIVE: Final[str] = "sn_veto_negative_difference"  # SN but isdiffpos negative
 RULE_SN_VETO_STAR: Final[str] = "sn_veto_nearby_star"  # SN but sgscore1 > 0.5, distpsnr1 < 1"
 #: Thresholds of the SN veto: PS1 star-galaxy score and distance to the nearest PS1 source.
@@ -287,10 +333,15 @@ DEFAULT_STATE_TTL_S: Final[float] = 86400.0
 
 # --- Sky density ----------------------------------------------------------------------------------
 SKY_DENSITY_ROW: Final[tuple[tuple[str, str], ...]] = (
-    ("night", "STRING"),  # UT date YYYYMMDD of the detection (ZTF nights fall within one UT date)
+    # YYYYMMDD: ZTF the UT date (a Palomar night falls within one); Rubin its dayObs, the date at
+    # UTC-12 h (a Chilean night straddles 0h UT)
+    ("night", "STRING"),
     ("nside", "INTEGER"),
     ("pixel", "INTEGER"),  # HEALPix NESTED index, ICRS
     ("class", "STRING"),  # predicted class
     ("count", "INTEGER"),
     ("mean_probability", "FLOAT"),  # mean p_class of the alerts predicted as that class
+    ("survey", "STRING"),  # whose alerts: counts are per survey
 )
+#: Hours subtracted from UTC to name a survey's night (Rubin's dayObs convention) [h].
+NIGHT_OFFSET_HOURS: Final[dict[str, float]] = {"ztf": 0.0, "lsst": 12.0}

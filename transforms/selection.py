@@ -60,6 +60,7 @@ from transforms.schema import (
     TAG_SKIPPED,
 )
 from transforms.sources import ReadError, read_path
+from transforms.wire import SchemaSources, configure_schemas
 
 __all__ = [
     "SelectFirstDetections",
@@ -239,9 +240,14 @@ def _winner_by_path(item: tuple[Any, Iterable[Sighting]]) -> Iterator[Any]:
 
 
 class _Reread(beam.DoFn):
-    def __init__(self) -> None:
+    def __init__(self, schemas: SchemaSources | None = None) -> None:
+        self.schemas = schemas
         self.reread = Metrics.counter(METRICS_NAMESPACE, "alerts_reread")
         self.dead = Metrics.counter(METRICS_NAMESPACE, f"dead_letters_{STAGE_SELECT}")
+
+    def setup(self) -> None:
+        if self.schemas is not None:  # wire-format files are decoded again here
+            configure_schemas(self.schemas.dirs, self.schemas.registry)
 
     def process(self, item: tuple[str, Iterable[Wanted]]) -> Iterator[Any]:
         path, wanted = item
@@ -270,6 +276,8 @@ class SelectFirstDetections(beam.PTransform):
         Reshuffle the re-read alerts, so that the winners of one big archive (read by one worker)
         are featurised and classified by all of them. For distributed runners: on the local
         runner a reshuffle would hold every selected alert in memory again.
+    schemas
+        Wire-format schema sources, for reading wire-format files again.
 
     Notes
     -----
@@ -278,12 +286,15 @@ class SelectFirstDetections(beam.PTransform):
     for the run. The selected alerts are slim (:meth:`transforms.alerts.Alert.slim`).
     """
 
-    def __init__(self, mode: str = "first", spread: bool = False) -> None:
+    def __init__(
+        self, mode: str = "first", spread: bool = False, schemas: SchemaSources | None = None
+    ) -> None:
         super().__init__()
         if mode not in SELECT_MODES:
             raise ValueError(f"select mode {mode!r} not in {SELECT_MODES}")
         self.mode = mode
         self.spread = spread
+        self.schemas = schemas
 
     def expand(self, alerts: beam.PCollection) -> dict[str, beam.PCollection]:
         if self.mode == "all":
@@ -302,7 +313,8 @@ class SelectFirstDetections(beam.PTransform):
         reread = (
             winners.winners
             | "GroupFiles" >> beam.GroupByKey()
-            | "Reread" >> beam.ParDo(_Reread()).with_outputs(TAG_DEAD_LETTERS, main=TAG_ALERTS)
+            | "Reread"
+            >> beam.ParDo(_Reread(self.schemas)).with_outputs(TAG_DEAD_LETTERS, main=TAG_ALERTS)
         )
         selected = reread[TAG_ALERTS]
         if self.spread:

@@ -347,10 +347,10 @@ class SelectFirstDetectionsStreaming(beam.PTransform):
 
 
 # --- Sky density per event-time window ------------------------------------------------------------
-def _density_key(row: dict[str, Any], nside: int) -> tuple[tuple[int, str], tuple[int, float]]:
+def _density_key(row: dict[str, Any], nside: int) -> tuple[tuple[int, str, str], tuple[int, float]]:
     (pixel,) = healpix_pixels(np.array([row["ra"]]), np.array([row["dec"]]), nside)
     cls = row["predicted_class"]
-    return (int(pixel), cls), (1, float(row[f"p_{cls}"]))
+    return (int(pixel), cls, row.get("survey") or "ztf"), (1, float(row[f"p_{cls}"]))
 
 
 def _iso(ts: Timestamp) -> str:
@@ -363,11 +363,11 @@ class _DensityRow(beam.DoFn):
 
     def process(
         self,
-        element: tuple[tuple[int, str], tuple[int, float]],
+        element: tuple[tuple[int, str, str], tuple[int, float]],
         win=beam.DoFn.WindowParam,
         pane=beam.DoFn.PaneInfoParam,
     ) -> Iterator[dict[str, Any]]:
-        (pixel, cls), (count, total) = element
+        (pixel, cls, survey), (count, total) = element
         yield {
             # The window start in the batch table's `night` column, so both modes share a table.
             "night": datetime.fromtimestamp(float(win.start), UTC).strftime("%Y%m%dT%H%M%SZ"),
@@ -376,6 +376,7 @@ class _DensityRow(beam.DoFn):
             "class": cls,
             "count": count,
             "mean_probability": total / count if count else 0.0,
+            "survey": survey,
             "window_start": _iso(win.start),
             "window_end": _iso(win.end),
             "timing": {0: "EARLY", 1: "ON_TIME", 2: "LATE"}.get(pane.timing, "UNKNOWN"),

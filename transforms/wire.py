@@ -31,11 +31,15 @@ __all__ = [
     "WIRE_HEADER",
     "SchemaSources",
     "configure_schemas",
+    "conform",
     "decode_wire",
     "encode_wire",
     "is_wire_format",
+    "known_schema_ids",
     "lsst_schema_id",
+    "schema_id_of",
     "schema_sources",
+    "to_wire",
     "writer_schema",
 ]
 
@@ -255,3 +259,48 @@ def conform(record: dict[str, Any], parsed_schema: Any) -> dict[str, Any]:
 
     collect(parsed_schema)
     return _conform(record, parsed_schema, named)
+
+
+def schema_id_of(record: dict[str, Any]) -> int | None:
+    """The registry id of the packet version a broker's copy names (Fink's
+    ``lsst_schema_version``, e.g. ``"lsst.v10_0"`` -> 1000), or None."""
+    text = str(record.get("lsst_schema_version") or "")
+    major, _, minor = text.removeprefix("lsst.v").partition("_")
+    return lsst_schema_id(int(major), int(minor)) if major.isdigit() and minor.isdigit() else None
+
+
+def known_schema_ids() -> list[int]:
+    """Every schema id the configured directories hold, ascending."""
+    ids: set[int] = set()
+    for directory in _SOURCES.dirs:
+        ids |= set(_index(directory))
+    return sorted(ids)
+
+
+def to_wire(record: dict[str, Any], schema_id: int | None = None) -> bytes:
+    """Encode a Rubin alert record as a wire-format message.
+
+    Parameters
+    ----------
+    record
+        A decoded packet, or a broker's copy of one (shaped to the schema by :func:`conform`).
+    schema_id
+        The writer schema's id; None: the version the record names (:func:`schema_id_of`), else
+        the newest the schema directories hold.
+
+    Raises
+    ------
+    ValueError
+        When no schema is known for the id, or the record does not fit it.
+    """
+    if schema_id is None:
+        schema_id = schema_id_of(record)
+    if schema_id is None:
+        ids = known_schema_ids()
+        if not ids:
+            raise ValueError(f"no Rubin schema to encode with ({schema_sources().describe()})")
+        schema_id = ids[-1]
+    parsed = writer_schema(schema_id)
+    if parsed is None:
+        raise ValueError(f"schema id {schema_id} not found ({schema_sources().describe()})")
+    return encode_wire(schema_id, parsed, conform(record, parsed))

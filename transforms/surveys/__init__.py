@@ -12,14 +12,16 @@ Adding a survey is one module here, an entry in :data:`SURVEYS`, and its names i
 
 from __future__ import annotations
 
-from transforms.surveys.base import Survey
-from transforms.surveys.lsst import LSST
-from transforms.surveys.ztf import ZTF
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the adapters import their siblings: loaded on first use (PEP 562)
+    from transforms.surveys.base import Survey
 
 __all__ = ["LSST", "SURVEYS", "ZTF", "Survey", "get_survey", "survey_of_fields"]
 
-#: Every survey stampflow reads, by name (``--survey``).
-SURVEYS: dict[str, Survey] = {ZTF.name: ZTF, LSST.name: LSST}
+#: Module of each adapter, by survey name (``--survey``); the adapter is its ``NAME.upper()``.
+_MODULES: dict[str, str] = {"ztf": "transforms.surveys.ztf", "lsst": "transforms.surveys.lsst"}
 
 
 def get_survey(name: str) -> Survey:
@@ -30,12 +32,25 @@ def get_survey(name: str) -> Survey:
     KeyError
         For a name no adapter has.
     """
-    return SURVEYS[name]
+    return getattr(importlib.import_module(_MODULES[name]), name.upper())
 
 
 def survey_of_fields(field_names: frozenset[str] | set[str]) -> Survey | None:
     """The survey whose packets have these top-level record fields, or None."""
-    for survey in SURVEYS.values():
+    for name in _MODULES:
+        survey = get_survey(name)
         if survey.recognises(field_names):
             return survey
     return None
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ZTF", "LSST"):
+        return get_survey(name.lower())
+    if name == "SURVEYS":  # every survey stampflow reads, by name
+        return {n: get_survey(n) for n in _MODULES}
+    if name == "Survey":
+        from transforms.surveys.base import Survey
+
+        return Survey
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

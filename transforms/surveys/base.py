@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 __all__ = ["Survey"]
@@ -27,6 +28,14 @@ class Survey:
     name: str = ""
     signature: frozenset[str] = frozenset()
     history_fields: frozenset[str] = frozenset()
+    #: Side of the square stamps its models see [pixels].
+    stamp_size: int = 0
+    #: The feature list of its models, unless a model names another.
+    default_features: tuple[str, ...] = ()
+    #: Every feature list its models may use, by the name ``train --features`` takes.
+    feature_sets: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+    #: Alert fields the SN page and the rules read beside the output row.
+    extra_fields: tuple[str, ...] = ()
 
     def recognises(self, field_names: frozenset[str] | set[str]) -> bool:
         """True when a record with these top-level fields is one of this survey's packets."""
@@ -71,6 +80,38 @@ class Survey:
 
     def cutout_bytes(self, record: Mapping[str, Any], kind: str) -> bytes | None:
         """The cutout of one kind (``science``, ``template``, ``difference``) as stored, or None."""
+        raise NotImplementedError
+
+    def validate_feature_names(self, names: Sequence[str]) -> tuple[str, ...]:
+        """``names`` as a tuple when this adapter computes every one of them.
+
+        Raises
+        ------
+        ValueError
+            On duplicates or a feature it does not compute.
+        """
+        raise NotImplementedError
+
+    def features(self, sources: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Any:
+        """Raw (imputed, unclipped) features of a batch of detections
+        (:meth:`source` dicts): a :class:`transforms.features.FeatureBatch`."""
+        raise NotImplementedError
+
+    def stamp_cube(self, record: Mapping[str, Any], policy: str) -> tuple[Any, bool]:
+        """The ``float32 [S, S, 3]`` science/template/difference cube the model sees, and whether
+        it was padded; raises :class:`transforms.stamps.StampError` with a specific code."""
+        raise NotImplementedError
+
+    def row_fields(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The alert's fields of an output row: ``jd, ra, dec, fid, band, magpsf``, its
+        :attr:`extra_fields`, and ``known_sso`` (for ``--rules alerce``)."""
+        raise NotImplementedError
+
+    def apply_rules(
+        self, probabilities: Any, fields: Mapping[str, Any], enabled: bool = True
+    ) -> tuple[str, str | None]:
+        """``(predicted class, rule or None)`` from the network's probabilities and
+        :meth:`row_fields`."""
         raise NotImplementedError
 
     def schema_version(self, record: Mapping[str, Any]) -> str:

@@ -14,13 +14,41 @@ Older packets (v7.x) name the alert id ``alertId``; it is read when ``diaSourceI
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
-from transforms.schema import CUTOUT_FIELDS, LSST_BANDS, TAI_MINUS_UTC
+import numpy as np
+
+from transforms.features import FeatureBatch, sky_coordinates
+from transforms.rules import RULE_SN_INDEX, sn_veto
+from transforms.schema import (
+    CLASS_NAMES,
+    CUTOUT_FIELDS,
+    FEATURES_LSST,
+    LSST_BAND_WAVELENGTH,
+    LSST_BANDS,
+    LSST_REQUIRED_FIELDS,
+    LSST_STAMP_SIZE,
+    LSST_ZERO_POINT,
+    RULE_KNOWN_ASTEROID,
+    RULE_SN_VETO_NEGATIVE,
+    STAMP_KINDS,
+    STAMP_SIZE_POLICIES,
+    TAI_MINUS_UTC,
+)
+from transforms.stamps import StampError, decode_stamps
 from transforms.surveys.base import Survey
 
-__all__ = ["LSST", "mjd_tai_to_jd_utc"]
+__all__ = ["LSST", "centre_stamp", "flux_to_mag", "lsst_features", "mjd_tai_to_jd_utc"]
+
+#: Largest share of NaN pixels a Rubin stamp window may hold (more: a ``stamps`` dead letter).
+MAX_NAN_FRACTION = 0.5
+#: Missing-magnitude sentinel (as ZTF's -999 for "no counterpart").
+NO_MAG = -999.0
+#: sigma(FWHM) of a Gaussian: FWHM = 2 sqrt(2 ln 2) sigma.
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 _MJD_TO_JD = 2400000.5  # [day]
 
@@ -49,10 +77,186 @@ def _ss_object(record: Mapping[str, Any]) -> int | None:
     return found
 
 
+def flux_to_mag(flux: float | None) -> float:
+    """AB magnitude of a flux [nJy]: ``31.4 - 2.5 log10(flux)``; :data:`NO_MAG` when the flux is
+    null, not finite or not positive."""
+    if flux is None or not math.isfinite(flux) or flux <= 0:
+        return NO_MAG
+    return LSST_ZERO_POINT - 2.5 * math.log10(flux)
+
+
+def _num(value: Any) -> float | None:
+    if value is None or isinstance(value, (str, bytes)):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _fwhm(src: Mapping[str, Any], xx: str, yy: str) -> float | None:
+    # Adaptive second moments [arcsec^2] (the schema doc says nJy.arcsec**2; the values are the
+    # normalised moments, ~0.1-0.5 arcsec^2 for the 0.7-1.7" seeing of the real alerts).
+    ixx, iyy = _num(src.get(xx)), _num(src.get(yy))
+    if ixx is None or iyy is None or ixx + iyy <= 0:
+        return None
+    return _FWHM_PER_SIGMA * math.sqrt((ixx + iyy) / 2.0)
+
+
+def _flag(src: Mapping[str, Any], name: str) -> float:
+    return 1.0 if src.get(name) else 0.0
+
+
+def _one(src: Mapping[str, Any], name: str) -> tuple[float, bool]:
+    """One feature of one diaSource: (value, imputed)."""
+    if name == "psf_mag":
+        return LSST_ZERO_POINT - 2.5 * math.log10(abs(src["psfFlux"])), False
+    if name == "psf_mag_err":
+        return 1.0857 * abs(src["psfFluxErr"]) / abs(src["psfFlux"]), False
+    if name == "is_negative":
+        return (1.0 if src["psfFlux"] < 0 else 0.0), False
+    if name in ("snr", "reliability", "extendedness"):
+        x = _num(src.get(name))
+        default = {"snr": abs(src["psfFlux"]) / src["psfFluxErr"], "reliability": 0.5}
+        return (x, False) if x is not None else (default.get(name, 0.5), True)
+    if name == "fwhm":
+        x = _fwhm(src, "ixx", "iyy")
+        return (x, False) if x is not None else (_fwhm(src, "ixxPSF", "iyyPSF") or 1.0, True)
+    if name == "fwhm_psf":
+        x = _fwhm(src, "ixxPSF", "iyyPSF")
+        return (x, False) if x is not None else (1.0, True)
+    if name == "trail_length":
+        x = _num(src.get("trailLength"))
+        return (x, False) if x is not None else (0.0, True)
+    if name == "is_dipole":
+        return _flag(src, "isDipole"), False
+    if name == "science_mag":
+        return flux_to_mag(_num(src.get("scienceFlux"))), False
+    if name == "template_mag":
+        return flux_to_mag(_num(src.get("templateFlux"))), False
+    if name == "saturated":
+        return _flag(src, "pixelFlags_saturatedCenter"), False
+    if name == "cosmic_ray":
+        return _flag(src, "pixelFlags_crCenter"), False
+    if name == "streak":
+        return _flag(src, "pixelFlags_streakCenter"), False
+    if name == "edge":
+        return _flag(src, "pixelFlags_edge"), False
+    if name == "band_wavelength":
+        return LSST_BAND_WAVELENGTH[src["band"]], False
+    if name in ("ra", "dec"):
+        return float(src[name]), False
+    raise KeyError(name)
+
+
+_COORDINATES = ("ecl_lat", "ecl_long", "gal_lat", "gal_long")
+
+
+def _invalid(src: Mapping[str, Any]) -> str | None:
+    bad = []
+    for field in LSST_REQUIRED_FIELDS:
+        raw = src.get(field)
+        ok = raw in LSST_BAND_WAVELENGTH if field == "band" else _num(raw) is not None
+        if ok and field == "psfFlux":
+            ok = raw != 0
+        if ok and field == "psfFluxErr":
+            ok = raw > 0
+        if ok and field == "ra":
+            ok = 0.0 <= raw <= 360.0
+        if ok and field == "dec":
+            ok = -90.0 <= raw <= 90.0
+        if not ok:
+            bad.append(f"{field}={raw!r}")
+    return "missing or invalid required field(s): " + ", ".join(bad) if bad else None
+
+
+def lsst_features(
+    sources: Sequence[Mapping[str, Any]], feature_names: Sequence[str] = FEATURES_LSST
+) -> FeatureBatch:
+    """Raw metadata features of a batch of Rubin detections (formulas in
+    :data:`transforms.schema.FEATURES_LSST`).
+
+    Parameters
+    ----------
+    sources
+        ``diaSource`` dicts (Rubin packets v7 to v11, or brokers' copies).
+    feature_names
+        Feature list in model order (a subset or reordering of ``FEATURES_LSST``).
+
+    Returns
+    -------
+    FeatureBatch
+        ``float32 [N, F]``, validity (a required field missing or invalid: the row's reason),
+        and per-feature imputation counts over the valid rows.
+    """
+    names = LSST.validate_feature_names(feature_names)
+    n = len(sources)
+    errors = tuple(_invalid(src) for src in sources)
+    valid = np.array([e is None for e in errors], dtype=bool)
+    values = np.zeros((n, len(names)), dtype=np.float32)
+    null_counts = {name: 0 for name in names}
+    own = [(j, name) for j, name in enumerate(names) if name not in _COORDINATES]
+    for i, src in enumerate(sources):
+        if not valid[i]:
+            continue
+        for j, name in own:
+            values[i, j], imputed = _one(src, name)
+            null_counts[name] += imputed
+    coords = [(j, name) for j, name in enumerate(names) if name in _COORDINATES]
+    if coords:
+        ra = np.array([float(s["ra"]) if v else 0.0 for s, v in zip(sources, valid, strict=True)])
+        dec = np.array([float(s["dec"]) if v else 0.0 for s, v in zip(sources, valid, strict=True)])
+        sky = sky_coordinates(ra, dec)
+        for j, name in coords:
+            values[:, j] = np.where(valid, sky[name], 0.0)
+    return FeatureBatch(names, values, valid, errors, null_counts)
+
+
+def centre_stamp(image: np.ndarray, size: int, policy: str, kind: str) -> tuple[np.ndarray, bool]:
+    """A Rubin cutout as the ``size x size`` window around its centre.
+
+    Rubin cuts ``max(bboxSize, 30)`` px squares with the source within half a pixel of the
+    centre, so a larger cutout is cropped about its centre (same orientation: the visit's, see
+    the module docstring). A smaller or non-square one is a ``size`` error under ``drop`` and is
+    NaN-padded evenly under ``pad``. A window more than :data:`MAX_NAN_FRACTION` NaN is a ``nan``
+    error.
+
+    Returns
+    -------
+    image, padded
+        ``float32 (size, size)``.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise StampError("size", f"{kind} stamp is not 2-D: {image.shape}")
+    rows, cols = image.shape
+    if (rows < size or cols < size or rows != cols) and policy == "drop":
+        raise StampError(
+            "size", f"{kind} stamp is {rows}x{cols}, not square and >= {size} px (policy drop)"
+        )
+    r0, c0 = max((rows - size) // 2, 0), max((cols - size) // 2, 0)
+    image = image[r0 : r0 + size, c0 : c0 + size]
+    bad = 1.0 - float(np.isfinite(image).mean()) if image.size else 1.0
+    if bad > MAX_NAN_FRACTION:
+        # A few masked pixels normalise to 0; a mostly blank window shows nothing to classify.
+        raise StampError("nan", f"{kind} stamp: {bad:.0%} of its central pixels are NaN")
+    padded = image.shape != (size, size)
+    if padded:
+        pr, pc = size - image.shape[0], size - image.shape[1]
+        pads = ((pr // 2, pr - pr // 2), (pc // 2, pc - pc // 2))
+        image = np.pad(image, pads, mode="constant", constant_values=np.nan)
+    return image, padded
+
+
 class _LSST(Survey):
     name = "lsst"
     signature = frozenset({"diaSource", "prvDiaSources", "cutoutDifference"})
     history_fields = frozenset({"prvDiaSources", "prvDiaForcedSources", "prvDiaNondetectionLimits"})
+    stamp_size = LSST_STAMP_SIZE
+    default_features = FEATURES_LSST
+    feature_sets = MappingProxyType({"lsst": FEATURES_LSST})
+    extra_fields = ("psfFlux", "psfFluxErr", "snr", "reliability", "ssObjectId")
 
     def validate(self, record: Any) -> str | None:
         if not isinstance(record, dict):
@@ -112,6 +316,62 @@ class _LSST(Survey):
     def schema_version(self, record: Mapping[str, Any]) -> str:
         # Fink's copies say which packet version they carry; raw packets do not.
         return str(record.get("lsst_schema_version") or "")
+
+    def validate_feature_names(self, names: Sequence[str]) -> tuple[str, ...]:
+        names = tuple(names)
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate feature names in {names}")
+        unknown = [n for n in names if n not in FEATURES_LSST]
+        if unknown:
+            raise ValueError(f"unknown LSST feature(s) {unknown}: see FEATURES_LSST")
+        return names
+
+    def features(self, sources: Sequence[Mapping[str, Any]], names: Sequence[str]) -> FeatureBatch:
+        return lsst_features(sources, names)
+
+    def stamp_cube(self, record: Mapping[str, Any], policy: str) -> tuple[Any, bool]:
+        if policy not in STAMP_SIZE_POLICIES:
+            raise ValueError(f"stamp size policy {policy!r} not in {STAMP_SIZE_POLICIES}")
+        images = decode_stamps({kind: self.cutout_bytes(record, kind) for kind in STAMP_KINDS})
+        size = self.stamp_size
+        cube = np.empty((size, size, len(STAMP_KINDS)), dtype=np.float32)
+        padded = False
+        for c, kind in enumerate(STAMP_KINDS):
+            cube[:, :, c], was = centre_stamp(images[kind], size, policy, kind)
+            padded |= was
+        return cube, padded
+
+    def row_fields(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        src = record["diaSource"]
+        flux = _num(src.get("psfFlux"))
+        fields = {
+            "jd": self.jd(record),
+            "ra": src["ra"],
+            "dec": src["dec"],
+            "fid": None,
+            "band": self.band(record),
+            "magpsf": None if not flux else LSST_ZERO_POINT - 2.5 * math.log10(abs(flux)),
+        }
+        fields.update({f: src.get(f) for f in self.extra_fields})
+        fields["ssObjectId"] = _ss_object(record)
+        fields["known_sso"] = self.known_sso(record)
+        return fields
+
+    def apply_rules(
+        self, probabilities: Any, fields: Mapping[str, Any], enabled: bool = True
+    ) -> tuple[str, str | None]:
+        """ALeRCE's rules as Rubin's packets allow: a known solar-system object (``ssObjectId``)
+        is an asteroid; an SN call on a negative difference falls to the next class. No star
+        veto: Rubin alerts carry no PS1 star-galaxy score."""
+        top = int(np.argmax(probabilities))
+        if not enabled:
+            return CLASS_NAMES[top], None
+        if fields.get("known_sso"):
+            return "asteroid", RULE_KNOWN_ASTEROID
+        flux = fields.get("psfFlux")
+        if top == RULE_SN_INDEX and flux is not None and flux < 0:
+            return sn_veto(probabilities), RULE_SN_VETO_NEGATIVE
+        return CLASS_NAMES[top], None
 
 
 #: The Rubin (LSST) adapter.
