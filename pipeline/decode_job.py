@@ -25,7 +25,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.options import BATCH_RUNNER, check_inputs, check_output
+from pipeline.options import BATCH_RUNNER, check_inputs, check_output, check_schema_dirs
 from pipeline.summary import dead_keys, group
 from transforms.cutouts import DecodeCutouts
 from transforms.dead_letters import to_json_line
@@ -37,6 +37,7 @@ from transforms.schema import (
     TAG_ALERTS,
     TAG_DEAD_LETTERS,
 )
+from transforms.wire import SchemaSources, configure_schemas
 
 
 def _alert_keys(item: tuple[Any, dict[str, Any]]) -> list[str]:
@@ -84,7 +85,12 @@ class CountKeys(beam.PTransform):
         )
 
 
-def build(pipeline: beam.Pipeline, inputs: list[str], output: str) -> None:
+def build(
+    pipeline: beam.Pipeline,
+    inputs: list[str],
+    output: str,
+    schemas: SchemaSources | None = None,
+) -> None:
     """Add the decode job to ``pipeline``.
 
     Parameters
@@ -95,8 +101,10 @@ def build(pipeline: beam.Pipeline, inputs: list[str], output: str) -> None:
         Files, directories, globs or archives.
     output
         Output directory (local or any Beam filesystem).
+    schemas
+        Where wire-format messages' writer schemas are found (``--schema-dir``).
     """
-    read = pipeline | "ReadAlerts" >> ReadAlerts(inputs)
+    read = pipeline | "ReadAlerts" >> ReadAlerts(inputs, schemas=schemas)
     stamps = read[TAG_ALERTS] | "DecodeCutouts" >> beam.ParDo(DecodeCutouts()).with_outputs(
         TAG_DEAD_LETTERS, main="ok"
     )
@@ -161,6 +169,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         default=BATCH_RUNNER,
         help="Beam runner (default: %(default)s, local and in-process)",
     )
+    parser.add_argument(
+        "--schema-dir",
+        action="append",
+        default=None,
+        help="Rubin alert schemas (lsst.vMAJOR_MINOR.alert.avsc) for wire-format messages",
+    )
 
 
 def _run(
@@ -170,14 +184,16 @@ def _run(
     # one line and exit status 2, not an empty "successful" run or a traceback at the end.
     check_inputs(args.inputs, flag="input")
     check_output(args.output)
+    schemas = SchemaSources(check_schema_dirs(args.schema_dir or ()))
+    configure_schemas(schemas.dirs)
     options = PipelineOptions(beam_args, runner=args.runner)
     started = time.perf_counter()
     if test_pipeline is not None:
-        build(test_pipeline, args.inputs, args.output)
+        build(test_pipeline, args.inputs, args.output, schemas)
         test_pipeline.run().wait_until_finish()
     else:
         with beam.Pipeline(options=options) as p:
-            build(p, args.inputs, args.output)
+            build(p, args.inputs, args.output, schemas)
     with FileSystems.open(FileSystems.join(args.output, "summary.json")) as f:
         summary = json.load(f)
     summary["runtime_s"] = round(time.perf_counter() - started, 3)

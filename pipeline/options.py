@@ -66,6 +66,7 @@ __all__ = [
     "StreamingOptions",
     "TnsReporter",
     "add_arguments",
+    "check_schema_dirs",
     "from_namespace",
     "parse",
 ]
@@ -676,7 +677,8 @@ def _onnx_available_providers() -> list[str]:
     return onnxruntime.get_available_providers()
 
 
-def _schema_dirs(dirs: Sequence[str]) -> tuple[str, ...]:
+def check_schema_dirs(dirs: Sequence[str]) -> tuple[str, ...]:
+    """``--schema-dir`` values, each an existing directory (else :class:`OptionsError`)."""
     for d in dirs:
         if not FileSystems.exists(d):
             raise OptionsError(f"--schema-dir: {d} does not exist")
@@ -739,7 +741,7 @@ def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> R
         if not args.input:
             raise OptionsError("--input is required (or --streaming)")
         inputs = check_inputs(args.input)
-    schema_dirs = _schema_dirs(args.schema_dir or ())
+    schema_dirs = check_schema_dirs(args.schema_dir or ())
     models = _models(args.model or [DEFAULT_MODEL], args.survey, bool(args.model))
     if len(models) > 1 and args.model_watch:
         raise OptionsError("--model-watch follows one model; give a single --model with it")

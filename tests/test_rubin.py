@@ -416,3 +416,53 @@ def test_streaming_classifies_wire_format_rubin_messages(
         assert r["survey"] == "lsst" and r["band"] == want[candid]["band"]
         assert r["predicted_class"] == want[candid]["predicted_class"]
         assert r["p_SN"] == pytest.approx(want[candid]["p_SN"], abs=1e-6)
+
+
+def test_wire_schemas_from_a_confluent_registry(rubin_alerts, tmp_path):
+    """``--schema-registry``: ``GET {url}/schemas/ids/{id}`` answers ``{"schema": "<json>"}``."""
+    import http.server
+    import threading
+
+    schema = json.dumps(fastavro_schema_1000())
+    asked: list[str] = []
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            if self.path == "/schemas/ids/1000":
+                body = json.dumps({"schema": schema}).encode()
+                self.send_response(200)
+            else:
+                body = b'{"error_code": 40403, "message": "Schema not found"}'
+                self.send_response(404)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        wire.configure_schemas([str(RUBIN_SCHEMAS)])
+        message = wire.to_wire(rubin_alerts[0].record)
+        wire.configure_schemas([], f"http://127.0.0.1:{server.server_port}/")
+        (alert,), error = decode_alerts(message, "m")
+        assert error is None and alert.candid == rubin_alerts[0].candid
+        bad = b"\0" + struct.pack(">i", 1101) + message[5:]
+        error = decode_alerts(bad, "m")[1]
+        assert error.code == "unknown_schema_id" and "--schema-registry http" in error.detail
+        assert asked == ["/schemas/ids/1000", "/schemas/ids/1101"]  # each id asked once
+        decode_alerts(message, "m")
+        assert len(asked) == 2
+    finally:
+        server.shutdown()
+        wire.configure_schemas([])
+
+
+def fastavro_schema_1000() -> dict:
+    """lsst.v10_0's alert schema as one self-contained JSON document (what a registry holds)."""
+    import fastavro.schema
+
+    path = next(RUBIN_SCHEMAS.rglob("lsst.v10_0.alert.avsc"))
+    return fastavro.schema.load_schema(str(path), _write_hint=False)
