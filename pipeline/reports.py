@@ -4,6 +4,11 @@ Everything here is a pure function of rows the pipeline produced. The candidates
 (sorting, filtering, vetting, export) is :mod:`pipeline.sn_page`; it embeds each candidate's
 science / reference / difference stamps as PNG data URIs drawn here, so the page is one file an
 astronomer can mail around.
+
+Rows are ZTF's or Rubin's (their ``survey``, ``"ztf"`` when absent). A run of ZTF candidates only
+writes the CSV exactly as before Rubin (:data:`SN_CANDIDATE_COLUMNS`); as soon as one candidate
+is Rubin's it gains the survey, the band and Rubin's own fields
+(:data:`SN_CANDIDATE_COLUMNS_WITH_RUBIN`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,21 @@ from typing import Any
 
 import numpy as np
 
-#: Columns of sn_candidates.csv, in order.
+from transforms.schema import ZTF_BANDS
+
+__all__ = [
+    "FINK_LSST_URL",
+    "LINK_COLUMNS",
+    "SN_CANDIDATE_COLUMNS",
+    "SN_CANDIDATE_COLUMNS_WITH_RUBIN",
+    "candidate_columns",
+    "candidate_rows",
+    "lookup_links",
+    "stamp_png",
+    "write_csv",
+]
+
+#: Columns of sn_candidates.csv, in order (a run of ZTF candidates only).
 SN_CANDIDATE_COLUMNS = (
     "rank",
     "objectId",
@@ -41,12 +60,74 @@ SN_CANDIDATE_COLUMNS = (
     "simbad_url",
     "ned_url",
 )
+#: Rubin's own row fields (:attr:`transforms.surveys.lsst.LSST.extra_fields`).
+_RUBIN_COLUMNS = (
+    "psfFlux",  # [nJy] PSF flux of the difference image (negative: fainter than the template)
+    "psfFluxErr",  # [nJy]
+    "snr",  # signal-to-noise of the detection in the difference image
+    "reliability",  # Rubin's real/bogus score, 0 to 1
+    "ssObjectId",  # the known solar-system object it is associated with, or empty
+)
+#: Columns of sn_candidates.csv when any candidate is Rubin's: ZTF's, with ``survey`` after
+#: ``candid``, ``band`` after ``fid`` (Rubin rows have no ``fid``), Rubin's fields after ZTF's and
+#: ``fink_url`` after ``alerce_url`` (Rubin rows have no ALeRCE link, ZTF rows no Fink link).
+SN_CANDIDATE_COLUMNS_WITH_RUBIN = (
+    "rank",
+    "objectId",
+    "candid",
+    "survey",  # "ztf" or "lsst"
+    "jd",
+    "ra",
+    "dec",
+    "fid",
+    "band",  # filter name: g r i (ZTF), u g r i z y (Rubin)
+    "magpsf",  # [mag] Rubin: 31.4 - 2.5 log10(|psfFlux| / nJy)
+    "p_SN",
+    "predicted_class",
+    "rule",
+    "isdiffpos",
+    "sgscore1",
+    "distpsnr1",
+    "ndethist",
+    *_RUBIN_COLUMNS,
+    "night",
+    "gal_b",
+    "days_since_non_detection",
+    "alerce_url",
+    "fink_url",
+    "tns_url",
+    "simbad_url",
+    "ned_url",
+)
+#: Lookup links a row may carry, in the page's order (a row has only its survey's).
+LINK_COLUMNS = ("alerce_url", "fink_url", "tns_url", "simbad_url", "ned_url")
+#: Fink's Rubin object page, by diaObjectId.
+FINK_LSST_URL = "https://lsst.fink-portal.org/{}"
 
 
-def lookup_links(object_id: str, ra: float, dec: float) -> dict[str, str]:
-    """Where to look an object up: ALeRCE by name; TNS, SIMBAD and NED by position (5″)."""
-    return {
-        "alerce_url": f"https://alerce.online/object/{object_id}",
+def lookup_links(
+    object_id: str, ra: float, dec: float, survey: str | None = "ztf"
+) -> dict[str, str]:
+    """Where to look an object up: TNS, SIMBAD and NED by position (5″), and its broker page.
+
+    Parameters
+    ----------
+    object_id
+        The row's ``objectId`` (ZTF name; Rubin diaObjectId, or ``ss<ssObjectId>``).
+    ra, dec
+        Position [deg].
+    survey
+        ``"ztf"`` (or None): ALeRCE by name, as before Rubin. ``"lsst"``: Fink's Rubin portal by
+        diaObjectId (``fink_url``), none for a solar-system object (``ss...``), and no ALeRCE
+        link (its Rubin explorer documents no object URL).
+
+    Returns
+    -------
+    dict
+        ``alerce_url, tns_url, simbad_url, ned_url`` (ZTF) or ``fink_url, tns_url, simbad_url,
+        ned_url`` (Rubin; ``fink_url`` empty for a solar-system object).
+    """
+    by_position = {
         "tns_url": (
             f"https://www.wis-tns.org/search?ra={ra:.6f}&decl={dec:.6f}&radius=5&coords_unit=arcsec"
         ),
@@ -59,6 +140,10 @@ def lookup_links(object_id: str, ra: float, dec: float) -> dict[str, str]:
             "&radius=0.0833"
         ),
     }
+    if survey == "lsst":
+        solar_system = str(object_id).startswith("ss")
+        return {"fink_url": "" if solar_system else FINK_LSST_URL.format(object_id), **by_position}
+    return {"alerce_url": f"https://alerce.online/object/{object_id}", **by_position}
 
 
 def candidate_rows(candidates: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -67,24 +152,39 @@ def candidate_rows(candidates: Sequence[Mapping[str, Any]]) -> list[dict[str, An
     Parameters
     ----------
     candidates
-        Probability rows extended with ``isdiffpos``, ``sgscore1``, ``distpsnr1``, ``ndethist``.
+        Probability rows extended with their survey's fields (ZTF: ``isdiffpos``, ``sgscore1``,
+        ``distpsnr1``, ``ndethist``; Rubin: ``psfFlux``, ``psfFluxErr``, ``snr``,
+        ``reliability``, ``ssObjectId``).
 
     Returns
     -------
     list of dict
-        Rows with :data:`SN_CANDIDATE_COLUMNS`, plus any ``stamps`` the input carried.
+        Rows with :func:`candidate_columns`, plus any ``stamps`` the input carried; ``band``
+        from ``fid`` for rows written before rows carried it.
     """
     ordered = sorted(candidates, key=lambda r: (-r["p_SN"], r["candid"]))
     out = []
     for rank, row in enumerate(ordered, 1):
-        full = {**row, "rank": rank, **lookup_links(row["objectId"], row["ra"], row["dec"])}
+        links = lookup_links(row["objectId"], row["ra"], row["dec"], row.get("survey"))
+        full = {**row, "rank": rank, **links}
+        if not full.get("band") and full.get("fid") in ZTF_BANDS:
+            full["band"] = ZTF_BANDS[full["fid"]]
         out.append(full)
     return out
 
 
+def candidate_columns(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The CSV's columns: :data:`SN_CANDIDATE_COLUMNS` when every row is ZTF's (no ``survey``
+    counts as ZTF), :data:`SN_CANDIDATE_COLUMNS_WITH_RUBIN` when any is Rubin's."""
+    if all((r.get("survey") or "ztf") == "ztf" for r in rows):
+        return SN_CANDIDATE_COLUMNS
+    return SN_CANDIDATE_COLUMNS_WITH_RUBIN
+
+
 def write_csv(rows: Sequence[Mapping[str, Any]], fileobj: io.TextIOBase) -> None:
-    """Write SN candidates as CSV (stamps are not part of the CSV)."""
-    writer = csv.DictWriter(fileobj, SN_CANDIDATE_COLUMNS, extrasaction="ignore")
+    """Write SN candidates as CSV (stamps are not part of the CSV; columns:
+    :func:`candidate_columns`, a field a row lacks left empty)."""
+    writer = csv.DictWriter(fileobj, candidate_columns(rows), extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow(row)

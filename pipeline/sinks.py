@@ -362,7 +362,11 @@ def write_sn_candidates(
     if title is None:
         label = nights_label(night_of(r["jd"], r.get("survey")) for r in rows)
         title = f"SN candidates, {label}" if label else "SN candidates"
-    page = render_page(records, title, model, tns.group_id, tns.reporter)
+    # The models that made these rows (one per survey in a mixed run; two during a hot swap).
+    made_by = sorted(
+        {f"{r['model_name']} {r['model_version']}" for r in rows if r.get("model_name")}
+    )
+    page = render_page(records, title, ", ".join(made_by) or model, tns.group_id, tns.reporter)
     with FileSystems.create(FileSystems.join(output, f"{name}.html")) as f:
         f.write(page.encode())
     return len(rows)

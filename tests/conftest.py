@@ -35,3 +35,16 @@ def gcs(tmp_path_factory):
         use_emulator_credentials()
         emulator.create_bucket(GCS_BUCKET)
         yield emulator
+
+
+@pytest.fixture(scope="module")
+def pubsub(tmp_path_factory):
+    """A Pub/Sub emulator on 127.0.0.1 for one test module (skipped, saying why, without gcloud
+    or its emulator)."""
+    from bench.emulators import PubSubEmulator, pubsub_missing_requirements
+
+    reason = pubsub_missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    with PubSubEmulator.start(tmp_path_factory.mktemp("pubsub") / "emulator.log") as em:
+        yield em

@@ -356,19 +356,8 @@ def test_survey_and_model_options_are_checked(rubin_model):
 
 
 # --- streaming -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    from bench.emulators import PubSubEmulator, pubsub_missing_requirements
-
-    reason = pubsub_missing_requirements()
-    if reason:
-        pytest.skip(reason)
-    with PubSubEmulator.start(tmp_path_factory.mktemp("pubsub") / "emulator.log") as em:
-        yield em
-
-
 def test_streaming_classifies_wire_format_rubin_messages(
-    emulator, rubin_alerts, rubin_model, tmp_path, monkeypatch, schemas
+    pubsub, rubin_alerts, rubin_model, tmp_path, monkeypatch, schemas
 ):
     import time
 
@@ -378,7 +367,7 @@ def test_streaming_classifies_wire_format_rubin_messages(
     from pipeline.publish import publish
     from pipeline.run_job import start_streaming
 
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
     batch = tmp_path / "batch"
     run(["--input", *map(str, REAL_RUBIN), "--output", str(batch), "--model", str(rubin_model)])
     want = _rows(batch)

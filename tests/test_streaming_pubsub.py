@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from bench.emulators import PubSubEmulator, pubsub_missing_requirements
 from bench.streaming import Collector, create_topics, latencies
 from model.handler import METADATA_FILE
 from pipeline.options import OptionsError, RunOptions, parse
@@ -87,19 +86,10 @@ def _args(argv: list[str]) -> RunOptions:
     return parse(argv)
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    reason = pubsub_missing_requirements()
-    if reason:
-        pytest.skip(reason)
-    with PubSubEmulator.start(tmp_path_factory.mktemp("pubsub") / "emulator.log") as em:
-        yield em
-
-
 def test_stream_equals_batch_with_dead_letters_and_latency(
-    emulator, night, model_dir, tmp_path, monkeypatch
+    pubsub, night, model_dir, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
     from google.cloud import pubsub_v1
 
     inputs = _inputs(night)
@@ -264,10 +254,10 @@ def test_watched_model_swaps_to_new_versions_and_skips_bad_ones(model_dir, night
     assert slow.current()[1] == str(v2)
 
 
-def test_live_model_swap_on_the_emulator(emulator, night, model_dir, tmp_path, monkeypatch):
+def test_live_model_swap_on_the_emulator(pubsub, night, model_dir, tmp_path, monkeypatch):
     """``--model-watch``: rows computed before a new version appears name the old one, rows after
     it name the new one and carry its probabilities (equal to a batch run with that version)."""
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
     from google.cloud import pubsub_v1
 
     from simulator import simulate

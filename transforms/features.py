@@ -186,8 +186,8 @@ def encode_isdiffpos(value: Any) -> float | None:
     return ISDIFFPOS_CODES.get(value.strip().lower())
 
 
-def _finite_number(value: Any) -> float | None:
-    """``float(value)`` if it is a finite real number, else None."""
+def finite_number(value: Any) -> float | None:
+    """``float(value)`` if it is a finite real number (not a string), else None."""
     if value is None or isinstance(value, (str, bytes)):
         return None
     try:
@@ -229,7 +229,7 @@ def extract_features(
         missing = []
         for field in FEATURE_REQUIRED_FIELDS:
             raw = cand.get(field)
-            x = encode_isdiffpos(raw) if field == "isdiffpos" else _finite_number(raw)
+            x = encode_isdiffpos(raw) if field == "isdiffpos" else finite_number(raw)
             if x is None or (field in _RANGES and not _RANGES[field][0] <= x <= _RANGES[field][1]):
                 missing.append(f"{field}={raw!r}")
             else:
@@ -248,7 +248,7 @@ def extract_features(
         col = np.empty(n, dtype=np.float64)
         imputed = np.zeros(n, dtype=bool)
         for i, cand in enumerate(candidates):
-            x = _finite_number(cand.get(name))
+            x = finite_number(cand.get(name))
             if x is None:
                 col[i] = IMPUTE_VALUES[name]
                 imputed[i] = True

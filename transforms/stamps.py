@@ -117,6 +117,17 @@ def _parse_header(buf: bytes) -> tuple[dict[str, str], int]:
     raise StampError("bad_header", f"no END card in {MAX_HEADER_BLOCKS} header blocks")
 
 
+def header_cards(data: bytes) -> dict[str, str]:
+    """The primary header of a cutout (gzip-compressed or not): keyword -> raw value string.
+
+    Raises
+    ------
+    StampError
+        As :func:`inflate` and on a header without an END card.
+    """
+    return _parse_header(inflate(data))[0]
+
+
 def _int_card(cards: dict[str, str], key: str) -> int:
     try:
         return int(cards[key])

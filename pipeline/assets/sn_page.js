@@ -1,11 +1,17 @@
 // The SN candidates page (pipeline/sn_page.py embeds this file, its data and its config).
 // Rows are built once; sorting reorders them and filtering hides them, so judgements typed
 // into a row survive every sort and filter. No network: everything it needs is in the page.
+// Candidates are ZTF's (magnitudes, as before Rubin) or Rubin's (c.survey === "lsst": fluxes in
+// nJy, forced photometry, stamps in the visit's orientation, TNS ids left to the user).
 (function () {
   "use strict";
   const config = JSON.parse(document.getElementById("sn-config").textContent);
   const data = JSON.parse(document.getElementById("sn-data").textContent);
-  const BAND_COLOUR = { g: "#2ca02c", r: "#d62728", i: "#ff7f0e", "?": "#555" };
+  const BAND_COLOUR = { u: "#9467bd", g: "#2ca02c", r: "#d62728", i: "#ff7f0e", z: "#8c564b",
+    y: "#17becf", "?": "#555" };
+  const BAND_ORDER = ["u", "g", "r", "i", "z", "y"];  // Rubin's, by wavelength; ZTF's g r i among them
+  const colour = (b) => BAND_COLOUR[b] || BAND_COLOUR["?"];
+  const isRubin = (c) => c.survey === "lsst";
   const BANDS = { 1: "g", 2: "r", 3: "i" };
   const VETS = [["sn", "SN"], ["not_sn", "not SN"], ["unsure", "unsure"]];
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => (
@@ -28,6 +34,7 @@
   function lightCurve(c) {
     const lc = c.light_curve;
     if (!lc) { return '<div class="lc-note">history not readable</div>'; }
+    if (isRubin(c)) { return rubinCurve(c); }
     const W = 250, H = 130, L = 34, R = 8, T = 8, B = 24;
     const t0 = lc.first.jd;
     const pts = lc.detections.map((d) => ({ t: d.jd - t0, m: d.magpsf, e: d.sigmapsf || 0,
@@ -75,10 +82,83 @@
     return s + `<div class="lc-note">${note}</div>`;
   }
 
+  // Rubin: flux [nJy] against time, error bars, a zero line; forced photometry as open squares.
+  const nJy = (f) => (Math.abs(f) >= 1e4 ? `${(f / 1e3).toFixed(0)}k` : Math.abs(f) >= 1e3 ? `${(f / 1e3).toFixed(1)}k` : f.toFixed(0));
+  function rubinCurve(c) {
+    const lc = c.light_curve;
+    const W = 250, H = 130, L = 38, R = 8, T = 8, B = 24;
+    const t0 = lc.first.jd;
+    const points = (s) => s.jd.map((jd, i) => ({ t: jd - t0, f: s.flux[i], e: s.flux_err[i] || 0,
+      b: s.band[i] || "?", jd: jd }));
+    const dets = points(lc.detections), fps = points(lc.forced);
+    const uls = lc.upper_limits.jd.map((jd, i) => ({ t: jd - t0, f: lc.upper_limits.flux[i], b: lc.upper_limits.band[i] || "?" }));
+    const all = dets.concat(fps);
+    const ts = all.map((p) => p.t).concat(uls.map((u) => u.t));
+    let tmin = Math.min(...ts), tmax = Math.max(...ts);
+    if (tmax - tmin < 2) { tmin -= 1; tmax += 1; }
+    // The flux axis follows the detections, zero, the limits and the middle 90% of the forced
+    // points: a forced outlier (a bad visit) is drawn at the edge, its value in its tooltip.
+    const sorted = fps.map((p) => p.f).sort((a, b) => a - b);
+    const q = (p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+    const forcedRange = sorted.length ? [q(0.05), q(0.95)] : [];
+    let lo = Math.min(0, ...dets.map((p) => p.f - p.e), ...forcedRange);
+    let hi = Math.max(0, ...dets.map((p) => p.f + p.e), ...forcedRange, ...uls.map((u) => u.f));
+    const pad = 0.06 * (hi - lo || 1);
+    lo -= pad; hi += pad;
+    const x = (t) => L + (t - tmin) / (tmax - tmin) * (W - L - R);
+    const y = (f) => T + (hi - Math.min(Math.max(f, lo), hi)) / (hi - lo) * (H - T - B);  // bright on top
+    let s = `<svg class="lc lc-flux" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img">`;
+    s += `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#999"/>`;
+    s += `<line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#999"/>`;
+    s += `<line class="zero" x1="${L}" y1="${y(0)}" x2="${W - R}" y2="${y(0)}" stroke="#bbb" stroke-dasharray="3,3"/>`;
+    for (const f of [lo + pad, 0, hi - pad]) {
+      s += `<text x="${L - 3}" y="${y(f) + 3}" font-size="9" text-anchor="end">${nJy(f)}</text>`;
+    }
+    for (const t of [tmin, 0, tmax]) {
+      s += `<text x="${x(t)}" y="${H - B + 11}" font-size="9" text-anchor="middle">${t.toFixed(0)}</text>`;
+    }
+    s += `<text x="${(L + W - R) / 2}" y="${H - 3}" font-size="9" text-anchor="middle">days from first detection · flux [nJy]</text>`;
+    for (const u of uls) {  // 5-sigma limit: an open triangle pointing down
+      const X = x(u.t), Y = y(u.f);
+      s += `<path class="ul" d="M${X - 4},${Y - 3}L${X + 4},${Y - 3}L${X},${Y + 4}Z" fill="none" stroke="${colour(u.b)}"><title>${u.b} &lt; ${u.f.toFixed(0)} nJy</title></path>`;
+    }
+    for (const p of fps) {
+      const X = x(p.t), Y = y(p.f);
+      if (p.e) { s += `<line x1="${X}" y1="${y(p.f - p.e)}" x2="${X}" y2="${y(p.f + p.e)}" stroke="${colour(p.b)}" stroke-opacity="0.5"/>`; }
+      s += `<rect class="forced" x="${X - 2}" y="${Y - 2}" width="4" height="4" fill="#fff" stroke="${colour(p.b)}"><title>forced ${p.b} ${p.f.toFixed(0)} ± ${p.e.toFixed(0)} nJy</title></rect>`;
+    }
+    for (const p of dets) {
+      const X = x(p.t), Y = y(p.f);
+      if (p.e) { s += `<line x1="${X}" y1="${y(p.f - p.e)}" x2="${X}" y2="${y(p.f + p.e)}" stroke="${colour(p.b)}"/>`; }
+      s += `<circle class="det" cx="${X}" cy="${Y}" r="2.8" fill="${colour(p.b)}" stroke="${colour(p.b)}"><title>${p.b} ${p.f.toFixed(0)} ± ${p.e.toFixed(0)} nJy</title></circle>`;
+      const first = Math.abs(p.jd - lc.first.jd) < 1e-5, own = Math.abs(p.jd - lc.alert.jd) < 1e-5;  // columns keep 6 decimals
+      if (first) { s += `<circle class="first" cx="${X}" cy="${Y}" r="6.5" fill="none" stroke="#000" stroke-width="1.2"><title>first detection</title></circle>`; }
+      if (own && !first) { s += `<rect class="own" x="${X - 6}" y="${Y - 6}" width="12" height="12" fill="none" stroke="#000" stroke-dasharray="2,2"><title>this alert</title></rect>`; }
+    }
+    s += "</svg>";
+    const f = lc.first, n = lc.last_non_detection;
+    let note = `first detection (ringed) ${f.band || "?"} ${f.flux.toFixed(0)}` + (f.flux_err ? ` ± ${f.flux_err.toFixed(0)}` : "") +
+      " nJy" + (f.magpsf !== null ? ` (${f.magpsf.toFixed(2)} mag)` : "");
+    if (lc.alert.jd !== f.jd) { note += `; this alert (boxed) ${(lc.alert.jd - f.jd).toFixed(1)} d later`; }
+    note += `; ${lc.detections.jd.length} detections, ${lc.forced.jd.length} forced`;
+    note += n ? `; last non-detection <b class="days">${lc.days_since_non_detection.toFixed(2)} d</b> before (${n.band || "?"} &lt; ${n.flux_limit.toFixed(0)} nJy)`
+      : "; no non-detection limits in the packet";
+    return s + `<div class="lc-note">${note}</div>`;
+  }
+
   // --- the table --------------------------------------------------------------------------------
   function stampCell(c) {
     return ["science", "template", "difference"].filter((k) => c.stamps[k]).map((k) =>
       `<img alt="${k}" title="${k} (click to zoom)" data-kind="${k}" src="${c.stamps[k]}">`).join("");
+  }
+  // Rubin stamps: their size and scale, and their orientation (the visit's, not north-up).
+  function stampGeometry(c) {
+    const g = c.stamp_geometry;
+    if (!isRubin(c) || !g) { return ""; }
+    const size = g.nx === null ? `? px at ${g.pixel_scale}″/px`
+      : `${g.nx}×${g.ny} px × ${g.pixel_scale}″ = ${g.fov[0]}″×${g.fov[1]}″`;
+    const rot = g.rotpa === null ? "unknown" : `${g.rotpa.toFixed(1)}°`;
+    return `<div class="small stamp-geometry">${size}; visit orientation (ROTPA ${rot}), not north-up</div>`;
   }
   function vetCell(c) {
     const v = vets[c.candid] || {};
@@ -90,15 +170,20 @@
   }
   function rowHtml(c) {
     const probs = Object.entries(c.probabilities).map(([k, p]) => `${k}=${p.toFixed(2)}`).join(" ");
-    const ps1 = c.distpsnr1 === null ? "none" : `sg=${fmt(c.sgscore1, 2)} at ${fmt(c.distpsnr1, 1)}″`;
-    const links = [["alerce_url", "ALeRCE"], ["tns_url", "TNS"], ["simbad_url", "SIMBAD"], ["ned_url", "NED"]]
+    const ps1 = isRubin(c) ? "n/a (Rubin alerts carry no PS1 match)"
+      : c.distpsnr1 === null ? "none" : `sg=${fmt(c.sgscore1, 2)} at ${fmt(c.distpsnr1, 1)}″`;
+    const links = [["alerce_url", "ALeRCE"], ["fink_url", "Fink"], ["tns_url", "TNS"], ["simbad_url", "SIMBAD"], ["ned_url", "NED"]]
+      .filter(([k]) => c.links[k])
       .map(([k, n]) => `<a href="${esc(c.links[k])}" target="_blank" rel="noopener">${n}</a>`).join(" · ");
+    const rubin = !isRubin(c) ? "" : `<div class="small">psfFlux ${fmt(c.psfFlux, 0)} ± ${fmt(c.psfFluxErr, 0)} nJy</div>` +
+      `<div class="small">SNR ${fmt(c.snr, 1)} · reliability ${fmt(c.reliability, 2)}</div>`;
+    const survey = !isRubin(c) ? "" : `<div class="small">Rubin ${c.objectId.startsWith("ss") ? "solar-system object" : "diaObject"}</div>`;
     return `<td class="num">${c.rank}</td>` +
-      `<td><b>${esc(c.objectId)}</b><div class="small">candid ${c.candid}</div><div class="small">night ${c.night}</div></td>` +
-      `<td class="stamps">${stampCell(c)}</td><td>${lightCurve(c)}</td>` +
+      `<td><b>${esc(c.objectId)}</b>${survey}<div class="small">candid ${c.candid}</div><div class="small">night ${c.night}</div></td>` +
+      `<td class="stamps">${stampCell(c)}${stampGeometry(c)}</td><td>${lightCurve(c)}</td>` +
       `<td class="num"><span class="bar" style="width:${(60 * c.p_SN).toFixed(0)}px"></span>${c.p_SN.toFixed(3)}<div class="small">${probs}</div></td>` +
       `<td>${esc(c.predicted_class)}${c.rule ? `<div class="rule">rule: ${esc(c.rule)}</div>` : ""}</td>` +
-      `<td class="num">${fmt(c.magpsf, 2)} (${c.band})</td>` +
+      `<td class="num">${fmt(c.magpsf, 2)} (${esc(c.band)})${rubin}</td>` +
       `<td class="num">${c.ra.toFixed(5)}<br>${c.dec >= 0 ? "+" : ""}${c.dec.toFixed(5)}<div class="small">|b| ${Math.abs(c.gal_b).toFixed(1)}°</div></td>` +
       `<td>${esc(ps1)}</td><td>${links}</td><td>${vetCell(c)}</td>`;
   }
@@ -106,6 +191,10 @@
   const app = document.getElementById("app");
   const nights = [...new Set(data.map((c) => c.night))].sort();
   const rules = [...new Set(data.map((c) => c.rule).filter((r) => r))].sort();
+  // ZTF's g r i always (as before Rubin), and every other band a candidate has.
+  const present = new Set(data.map((c) => c.band));
+  const bands = BAND_ORDER.filter((b) => ["g", "r", "i"].includes(b) || present.has(b))
+    .concat([...present].filter((b) => !BAND_ORDER.includes(b) && b !== "?").sort());
   app.innerHTML = `<div class="controls">
     <label>sort by <select id="sort">
       <option value="p_SN:-1">P(SN), highest first</option><option value="magpsf:1">magnitude, brightest first</option>
@@ -115,7 +204,7 @@
     <label>P(SN) ≥ <input id="f-psn" type="number" step="0.05" min="0" max="1" value="0"></label>
     <label>mag from <input id="f-mag-min" type="number" step="0.5"></label>
     <label>mag to <input id="f-mag-max" type="number" step="0.5"></label>
-    <div class="bands">band ${["g", "r", "i"].map((b) => `<label><input class="f-band" type="checkbox" value="${b}" checked>${b}</label>`).join("")}</div>
+    <div class="bands">band ${bands.map((b) => `<label><input class="f-band" type="checkbox" value="${esc(b)}" checked>${esc(b)}</label>`).join("")}</div>
     <label>|b| ≥ [deg] <input id="f-gal-b" type="number" step="5" min="0" max="90" value="0"></label>
     <label>PS1 distance ≥ [″] <input id="f-dist-min" type="number" step="0.5" min="0"></label>
     <label>PS1 star score ≤ <input id="f-sg-max" type="number" step="0.1" min="0" max="1"></label>
@@ -232,7 +321,7 @@
   tbody.addEventListener("click", (ev) => {
     if (ev.target.tagName !== "IMG") { return; }
     const c = byCandid.get(ev.target.closest("tr.cand").dataset.candid);
-    zoom.innerHTML = `<div>${stampCell(c)}</div><p>${esc(c.objectId)} · science · reference · difference (5×)</p>`;
+    zoom.innerHTML = `<div>${stampCell(c)}</div><p>${esc(c.objectId)} · science · reference · difference (5×)</p>${stampGeometry(c)}`;
     zoom.classList.add("open");
   });
   zoom.addEventListener("click", () => zoom.classList.remove("open"));
@@ -276,23 +365,30 @@
       msg.textContent = "fill in the TNS reporter and reporting group id first";
       return;
     }
-    const err = String(config.tns.position_error_arcsec);
     const report = {};
-    let i = 0;
+    let i = 0, rubinCount = 0;
+    // A Rubin record's TNS fields name their own (empty) ids; a ZTF record takes the page's.
+    const own = (t, key) => (key in t ? t[key] : config.tns[key]);
+    const str = (v) => (v === null || v === undefined ? "" : String(v));
     for (const c of data) {
       if ((vets[c.candid] || {}).vet !== "sn") { continue; }
-      const t = c.tns;
+      const t = c.tns, rubin = isRubin(c);
+      rubinCount += rubin;
+      const err = str(own(t, "position_error_arcsec"));
+      const instrument = own(t, "instrument_value"), exptime = rubin ? t.exptime : "30";
       const nd = t.non_detection ? {
         obsdate: t.non_detection.obsdate, limiting_flux: String(t.non_detection.limiting_flux),
         flux_units: "1", filter_value: t.non_detection.filter_value,
-        instrument_value: config.tns.instrument_value, exptime: "30", observer: "Robot",
-        comments: "ZTF difference-image limit (alert history)",
-      } : { archiveid: "0", archival_remarks: "no ZTF non-detection in the alert's 30-day history" };
+        instrument_value: instrument, exptime: exptime, observer: "Robot",
+        comments: rubin ? `Rubin difference-image limit (alert packet), band ${t.non_detection.filter_name}`
+          : "ZTF difference-image limit (alert history)",
+      } : { archiveid: "0", archival_remarks: rubin ? "no non-detection limits in the Rubin alert packet"
+        : "no ZTF non-detection in the alert's 30-day history" };
       report[String(i++)] = {
         ra: { value: c.ra.toFixed(6), error: err, units: "arcsec" },
         dec: { value: c.dec.toFixed(6), error: err, units: "arcsec" },
         reporting_group_id: group.value.trim(),
-        discovery_data_source_id: config.tns.discovery_data_source_id,
+        discovery_data_source_id: own(t, "discovery_data_source_id"),
         reporter: reporter.value.trim(),
         discovery_datetime: t.discovery_datetime,
         at_type: "1",
@@ -300,16 +396,17 @@
         remarks: (vets[c.candid].comment || "") ,
         non_detection: nd,
         photometry: { photometry_group: { "0": {
-          obsdate: t.discovery_datetime, flux: String(t.discovery_mag),
+          obsdate: t.discovery_datetime, flux: str(t.discovery_mag),
           flux_error: t.discovery_mag_error === null ? "" : String(t.discovery_mag_error),
           limiting_flux: t.discovery_limit === null ? "" : String(t.discovery_limit),
           flux_units: "1", filter_value: t.discovery_filter,
-          instrument_value: config.tns.instrument_value, exptime: "30", observer: "Robot",
-          comments: "ZTF alert " + c.candid,
+          instrument_value: instrument, exptime: exptime, observer: "Robot",
+          comments: rubin ? `Rubin alert ${c.candid}, band ${t.discovery_filter_name}` : "ZTF alert " + c.candid,
         } } },
       };
     }
-    msg.textContent = `${i} SN-vetted candidates in the TNS report`;
+    msg.textContent = `${i} SN-vetted candidates in the TNS report` + (rubinCount
+      ? `; ${rubinCount} Rubin: pick TNS's instrument, discovery data source and filter ids for Rubin before uploading` : "");
     download("tns_report.json", JSON.stringify({ at_report: report }, null, 1), "application/json");
   });
 })();

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from transforms.features import FeatureBatch, sky_coordinates
+from transforms.features import FeatureBatch, finite_number, sky_coordinates
 from transforms.rules import RULE_SN_INDEX, sn_veto
 from transforms.schema import (
     CLASS_NAMES,
@@ -85,20 +85,10 @@ def flux_to_mag(flux: float | None) -> float:
     return LSST_ZERO_POINT - 2.5 * math.log10(flux)
 
 
-def _num(value: Any) -> float | None:
-    if value is None or isinstance(value, (str, bytes)):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _fwhm(src: Mapping[str, Any], xx: str, yy: str) -> float | None:
     # Adaptive second moments [arcsec^2] (the schema doc says nJy.arcsec**2; the values are the
     # normalised moments, ~0.1-0.5 arcsec^2 for the 0.7-1.7" seeing of the real alerts).
-    ixx, iyy = _num(src.get(xx)), _num(src.get(yy))
+    ixx, iyy = finite_number(src.get(xx)), finite_number(src.get(yy))
     if ixx is None or iyy is None or ixx + iyy <= 0:
         return None
     return _FWHM_PER_SIGMA * math.sqrt((ixx + iyy) / 2.0)
@@ -117,7 +107,7 @@ def _one(src: Mapping[str, Any], name: str) -> tuple[float, bool]:
     if name == "is_negative":
         return (1.0 if src["psfFlux"] < 0 else 0.0), False
     if name in ("snr", "reliability", "extendedness"):
-        x = _num(src.get(name))
+        x = finite_number(src.get(name))
         default = {"snr": abs(src["psfFlux"]) / src["psfFluxErr"], "reliability": 0.5}
         return (x, False) if x is not None else (default.get(name, 0.5), True)
     if name == "fwhm":
@@ -127,14 +117,14 @@ def _one(src: Mapping[str, Any], name: str) -> tuple[float, bool]:
         x = _fwhm(src, "ixxPSF", "iyyPSF")
         return (x, False) if x is not None else (1.0, True)
     if name == "trail_length":
-        x = _num(src.get("trailLength"))
+        x = finite_number(src.get("trailLength"))
         return (x, False) if x is not None else (0.0, True)
     if name == "is_dipole":
         return _flag(src, "isDipole"), False
     if name == "science_mag":
-        return flux_to_mag(_num(src.get("scienceFlux"))), False
+        return flux_to_mag(finite_number(src.get("scienceFlux"))), False
     if name == "template_mag":
-        return flux_to_mag(_num(src.get("templateFlux"))), False
+        return flux_to_mag(finite_number(src.get("templateFlux"))), False
     if name == "saturated":
         return _flag(src, "pixelFlags_saturatedCenter"), False
     if name == "cosmic_ray":
@@ -157,7 +147,7 @@ def _invalid(src: Mapping[str, Any]) -> str | None:
     bad = []
     for field in LSST_REQUIRED_FIELDS:
         raw = src.get(field)
-        ok = raw in LSST_BAND_WAVELENGTH if field == "band" else _num(raw) is not None
+        ok = raw in LSST_BAND_WAVELENGTH if field == "band" else finite_number(raw) is not None
         if ok and field == "psfFlux":
             ok = raw != 0
         if ok and field == "psfFluxErr":
@@ -343,7 +333,7 @@ class _LSST(Survey):
 
     def row_fields(self, record: Mapping[str, Any]) -> dict[str, Any]:
         src = record["diaSource"]
-        flux = _num(src.get("psfFlux"))
+        flux = finite_number(src.get("psfFlux"))
         fields = {
             "jd": self.jd(record),
             "ra": src["ra"],
