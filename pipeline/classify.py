@@ -11,8 +11,9 @@ The model directory travels with each result, so a row names the version that co
 while a streaming job swaps versions (``--model-watch``, :mod:`model.handler`); batch runs always
 name ``--model``.
 
-Known solar-system objects go around the network. With ``--rules alerce`` an alert with
-``ssdistnr >= 0`` is an asteroid whatever the CNN says (SPEC §8: "without asking the CNN"), so it
+Known solar-system objects go around the network. With ``--rules alerce`` an alert its survey's
+adapter calls a known one (ZTF ``ssdistnr >= 0``, Rubin an ``ssObjectId``; ``known_sso`` in the
+row fields) is an asteroid whatever the CNN says (SPEC §8: "without asking the CNN"), so it
 is flagged in its example and the model handler answers it without calling the network: its
 probabilities are :data:`model.handler.KNOWN_SSO_PROBABILITIES` (asteroid 1, the rest 0) and its
 ``rule`` column is ``known_solar_system_object``, as before. It has been featurised like every
@@ -48,7 +49,7 @@ from transforms.schema import (
     TAG_CLASSIFIED,
     TAG_DEAD_LETTERS,
 )
-from transforms.surveys import ZTF, get_survey
+from transforms.surveys import get_survey
 
 __all__ = [
     "ApplyRules",
@@ -62,9 +63,6 @@ __all__ = [
 ]
 
 
-#: ZTF candidate fields the rules and the SN report need beside the output row (each survey
-#: adapter names its own: :attr:`transforms.surveys.Survey.extra_fields`).
-EXTRA_FIELDS = ZTF.extra_fields
 #: Row fields copied from the alert.
 _ALERT_FIELDS = ("objectId", "candid", "jd", "ra", "dec", "fid", "magpsf", "survey", "band")
 
