@@ -28,9 +28,9 @@ replaced; a source that no longer fails keeps its old dead letters). Committing 
 the same night, leaves exactly one copy. This works on real BigQuery and on the emulator:
 
 - it relies on plain DML plus ``BEGIN/COMMIT TRANSACTION``, which both support;
-- the target tables are only ever written by DML, never by streaming inserts, so BigQuery's
-  "DML cannot modify rows in the streaming buffer" restriction never bites (staging tables are only
-  read, which the streaming buffer allows);
+- in batch runs the target tables are only ever written by DML, never by streaming inserts, so
+  BigQuery's "DML cannot modify rows in the streaming buffer" restriction never bites (staging
+  tables are only read, which the streaming buffer allows);
 - insertId de-duplication was rejected: BigQuery's is best effort over about a minute, Beam gives
   no way to set the ids (only random ones), and the emulator ignores insertIds altogether.
 
@@ -68,6 +68,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
+import logging
 import math
 import re
 import uuid
@@ -106,8 +107,8 @@ REQUIRED_COLUMNS: Final[dict[str, frozenset[str]]] = {
     TABLE_SKY_DENSITY: frozenset({"night", "nside", "pixel", "class", "count"}),
     TABLE_DEAD_LETTERS: frozenset({"stage", "reason", "source"}),
 }
-#: Columns identifying the rows a re-run replaces (REQUIRED, or backfilled when added: never
-#: null, so plain ``=`` compares them).
+#: Columns identifying the rows a re-run replaces: REQUIRED, or added later (:data:`ADDED_COLUMNS`)
+#: and compared through ``COALESCE`` with the value older rows had, so plain ``=`` works.
 REPLACE_KEYS: Final[dict[str, tuple[str, ...]]] = {
     TABLE_PROBABILITIES: ("candid",),
     TABLE_SKY_DENSITY: ("night", "nside", "pixel", "class", "survey"),
@@ -374,8 +375,21 @@ def _add_columns(
     if any(f.name not in have for f in fields):  # the emulator keeps its metadata apart
         table.schema = [*table.schema, *(f for f in fields if f.name not in have)]
         table = client.update_table(table, ["schema"])
-    sets = ", ".join(f"{_quote(f.name)} = {ADDED_COLUMNS[name][f.name]}" for f in fields)
-    client.query(f"UPDATE {_quote(target)} SET {sets} WHERE TRUE").result()
+    for f in fields:
+        sql = (
+            f"UPDATE {_quote(target)} SET {_quote(f.name)} = {ADDED_COLUMNS[name][f.name]} "
+            f"WHERE {_quote(f.name)} IS NULL"
+        )
+        try:
+            client.query(sql).result()
+        except Exception as e:  # e.g. rows still in a streaming buffer: the keys COALESCE
+            logging.getLogger(__name__).warning(
+                "%s: old rows keep %s null for now (%s: %s); re-runs still match them",
+                target,
+                f.name,
+                type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "",
+            )
     return table
 
 
@@ -478,7 +492,15 @@ def commit_sql(table: str, target: str, staging: str) -> str:
     """
     columns = ", ".join(_quote(name) for name, _ in table_columns(table))
     keys = REPLACE_KEYS[table]
-    match = " AND ".join(f"S.{_quote(k)} = T.{_quote(k)}" for k in keys)
+    added = ADDED_COLUMNS[table]
+
+    def side(alias: str, k: str) -> str:
+        # A column added later may still be null in rows from before (the backfill is best
+        # effort: BigQuery refuses DML on rows in a streaming buffer): compare their old value.
+        col = f"{alias}.{_quote(k)}"
+        return f"COALESCE({col}, {added[k]})" if k in added else col
+
+    match = " AND ".join(f"{side('S', k)} = {side('T', k)}" for k in keys)
     if UNIQUE_KEYS[table]:
         partition = ", ".join(_quote(k) for k in keys)
         source = (

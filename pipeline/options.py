@@ -678,11 +678,29 @@ def _onnx_available_providers() -> list[str]:
 
 
 def check_schema_dirs(dirs: Sequence[str]) -> tuple[str, ...]:
-    """``--schema-dir`` values, each an existing directory (else :class:`OptionsError`)."""
+    """``--schema-dir`` values, each a directory holding ``.avsc`` files, local or on any Beam
+    filesystem (else :class:`OptionsError`). On Dataflow give a ``gs://`` one: workers cannot
+    see the launcher's disk."""
     for d in dirs:
-        if not FileSystems.exists(d):
-            raise OptionsError(f"--schema-dir: {d} does not exist")
+        if "://" not in d:
+            if not Path(d).is_dir():
+                why = "is not a directory" if Path(d).exists() else "does not exist"
+                raise OptionsError(f"--schema-dir: {d} {why}")
+            continue
+        try:
+            found = FileSystems.match([f"{d.rstrip('/')}/**.avsc"])[0].metadata_list
+        except Exception as e:  # unreachable bucket, no credentials
+            raise OptionsError(f"--schema-dir: cannot list {d}: {type(e).__name__}") from None
+        if not found:
+            raise OptionsError(f"--schema-dir: {d} holds no .avsc files")
     return tuple(dirs)
+
+
+def check_registry(url: str) -> str:
+    """``--schema-registry``: an ``http(s)://`` URL, without its trailing slash."""
+    if url and not url.startswith(("http://", "https://")):
+        raise OptionsError(f"--schema-registry: {url!r} is not an http:// or https:// URL")
+    return url.rstrip("/")
 
 
 def _models(dirs: Sequence[str], survey: str, given: bool) -> list[ModelInfo]:
@@ -756,7 +774,7 @@ def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> R
         other_models=tuple(models[1:]),
         survey=args.survey,
         schema_dirs=schema_dirs,
-        schema_registry=args.schema_registry.rstrip("/"),
+        schema_registry=check_registry(args.schema_registry),
         inputs=inputs,
         output=output,
         streaming=streaming,

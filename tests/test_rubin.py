@@ -389,7 +389,7 @@ def test_streaming_classifies_wire_format_rubin_messages(
     try:
         time.sleep(5)  # let the reader start pulling and RunInference load the model
         counts = publish(names["rubin"][0], [str(p) for p in REAL_RUBIN], publisher=publisher)
-        assert counts == {"published": 36, "unreadable": 0}  # one message per alert
+        assert counts == {"published": 36, "failed": 0, "unreadable": 0}  # one message per alert
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(rows.messages) < len(want):
             time.sleep(0.5)
@@ -455,3 +455,68 @@ def fastavro_schema_1000() -> dict:
 
     path = next(RUBIN_SCHEMAS.rglob("lsst.v10_0.alert.avsc"))
     return fastavro.schema.load_schema(str(path), _write_hint=False)
+
+
+# --- ids, times, bands, publish, registry outages, options ----------------------------------------
+def test_ids_that_lost_bits_and_non_finite_times_are_bad_alerts(rubin_alerts):
+    from transforms.surveys.lsst import LSST as adapter
+
+    record = json.loads(json.dumps(rubin_alerts[0].record, default=lambda b: None))
+    ok = dict(record, diaSource=dict(record["diaSource"]))
+    assert adapter.validate(ok) is None
+    lost = dict(record, diaSourceId=float(record["diaSourceId"]) + 0.0)  # > 2^53 as a double
+    assert adapter.validate(lost) == "no exact diaSourceId"
+    nan_time = dict(record, diaSource=dict(record["diaSource"], midpointMjdTai=float("nan")))
+    assert adapter.validate(nan_time).startswith("diaSource midpointMjdTai is nan")
+    nan_object = dict(
+        record,
+        diaSource=dict(record["diaSource"], diaObjectId=float("nan"), ssObjectId=None),
+        diaObject=None,
+        ssSource=None,
+    )
+    assert adapter.validate(nan_object) == "neither an exact diaObjectId nor an ssObjectId"
+    # No band is the features stage's letter for that alert alone.
+    no_band = dict(record, diaSource=dict(record["diaSource"], band=None))
+    assert adapter.validate(no_band) is None
+    batch = adapter.features([no_band["diaSource"]], FEATURES_LSST)
+    assert not batch.valid[0] and "band=None" in batch.errors[0]
+
+
+def test_publish_names_the_container_version_and_sends_junk_as_it_is(schemas):
+    from pipeline.publish import messages
+
+    fake = next(RUBIN_SCHEMAS.rglob("10/0/sample_data/fakeAlert.avro"))
+    (msg,) = list(messages([str(fake)]))
+    assert isinstance(msg, tuple) and struct.unpack(">i", msg[1][1:5])[0] == 1000
+    # Something that is not an alert is sent as it is (the job dead-letters it).
+    assert decode_alerts(b"\0" * 64, "zeros")[1].code == "bad_magic"
+
+
+def test_a_registry_outage_is_not_remembered(rubin_alerts, monkeypatch):
+    wire.configure_schemas([str(RUBIN_SCHEMAS)])
+    message = wire.to_wire(rubin_alerts[0].record)
+    wire.configure_schemas([], "http://127.0.0.1:9")  # nothing listens there
+    try:
+        assert decode_alerts(message, "m")[1].code == "unknown_schema_id"
+        # Once it answers, the same id decodes: the failure was not cached.
+        monkeypatch.setattr(wire, "_from_registry", lambda url, i: fastavro_parsed(i))
+        (alert,), error = decode_alerts(message, "m")
+        assert error is None and alert.candid == rubin_alerts[0].candid
+    finally:
+        wire.configure_schemas([])
+
+
+def fastavro_parsed(schema_id: int):
+    import fastavro
+
+    return fastavro.parse_schema(fastavro_schema_1000()) if schema_id == 1000 else None
+
+
+def test_schema_options_are_checked(tmp_path):
+    base = ["--input", str(REAL_RUBIN[0]), "--output", str(tmp_path / "o")]
+    a_file = tmp_path / "schema.avsc"
+    a_file.write_text("{}")
+    with pytest.raises(OptionsError, match="is not a directory"):
+        parse([*base, "--schema-dir", str(a_file)])
+    with pytest.raises(OptionsError, match="is not an http:// or https:// URL"):
+        parse([*base, "--schema-registry", "registry.example:8081"])

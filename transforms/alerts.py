@@ -164,10 +164,12 @@ class _Writer:
 
     @property
     def missing(self) -> tuple[str, ...]:
-        """ZTF fields this schema lacks when it is no survey's (empty when it is some survey's)."""
+        """ZTF fields this schema lacks when it is no survey's (empty when it is some survey's):
+        its record fields, else its cutouts (a ZTF-like alert without them, e.g. DECam's)."""
         if self.survey is not None:
             return ()
-        return tuple(f for f in sorted(ZTF.signature) if f not in self.fields) or ("objectId",)
+        lacking = tuple(f for f in sorted(ZTF.signature) if f not in self.fields)
+        return lacking or tuple(f for f in CUTOUT_FIELDS.values() if f not in self.fields)
 
     def unknown_survey(self) -> AlertDecodeError:
         """The error for a schema that is no survey's."""
@@ -381,6 +383,8 @@ def _error_of(e: ValueError) -> AlertDecodeError:
 
 def _survey_for(record: Any, index: int) -> Survey:
     survey = survey_of_fields(set(record)) if isinstance(record, dict) else None
+    if survey is ZTF and any(f not in record for f in CUTOUT_FIELDS.values()):
+        survey = None  # as for containers: a ZTF-like record without cutouts is not usable
     if survey is None:
         fields = ", ".join(list(record)[:6]) if isinstance(record, dict) else type(record).__name__
         raise AlertDecodeError(
@@ -461,6 +465,22 @@ def _iter_container(data: bytes, source: str, path: str) -> Iterator[Alert]:
                 "bad_container", f"{len(block) - bio.tell()} stray bytes after record {index - 1}"
             )
         block_no += 1
+
+
+def container_survey(data: bytes) -> tuple[Survey | None, str]:
+    """The survey of an Avro container's writer schema and the schema's full name (e.g.
+    ``lsst.v10_0.alert``), from its header alone; ``(None, "")`` when the bytes are not a
+    container with a readable schema, and a None survey when the schema is no survey's."""
+    try:
+        meta, meta_bytes, _ = _read_header(_Reader(memoryview(data)))
+        schema_bytes = meta.get("avro.schema")
+        if schema_bytes is None:
+            return None, ""
+        writer = _writer_for(schema_bytes, meta_bytes)
+    except AlertDecodeError:
+        return None, ""
+    name = writer.parsed.get("name", "") if isinstance(writer.parsed, dict) else ""
+    return writer.survey, str(name)
 
 
 def _null_codec_meta(meta: Mapping[str, bytes]) -> bytes:

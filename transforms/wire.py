@@ -18,7 +18,9 @@ import io
 import json
 import os
 import struct
+import tempfile
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -117,11 +119,29 @@ def schema_sources() -> SchemaSources:
     return _SOURCES
 
 
+def _local_copy(directory: str) -> str:
+    """A local directory holding the ``.avsc`` files of ``directory`` (any Beam filesystem, e.g.
+    ``gs://``), copied once per process with their relative paths: ``load_schema`` reads the named
+    types beside each file from the local disk."""
+    from apache_beam.io.filesystems import FileSystems
+
+    local = tempfile.mkdtemp(prefix="stampflow-schemas-")
+    base = directory.rstrip("/")
+    for match in FileSystems.match([f"{base}/**.avsc"])[0].metadata_list:
+        rel = match.path[len(base) :].lstrip("/")
+        target = os.path.join(local, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with FileSystems.open(match.path) as src, open(target, "wb") as dst:
+            dst.write(src.read())
+    return local
+
+
 def _index(directory: str) -> dict[int, str]:
     found = _INDEX.get(directory)
     if found is None:
         found = {}
-        for root, _dirs, files in os.walk(directory):
+        local = _local_copy(directory) if "://" in directory else directory
+        for root, _dirs, files in os.walk(local):
             for name in files:
                 # lsst.v11_1.alert.avsc -> 1101
                 if name.startswith("lsst.v") and name.endswith(".alert.avsc"):
@@ -135,12 +155,20 @@ def _index(directory: str) -> dict[int, str]:
     return found
 
 
+class _Unreachable(Exception):
+    """The registry did not answer (a network error or a server error): ask again later."""
+
+
 def _from_registry(url: str, schema_id: int) -> Any:
     try:
         with urllib.request.urlopen(f"{url}/schemas/ids/{schema_id}", timeout=30) as resp:
             body = json.loads(resp.read())
-    except Exception:  # 404, network: this source does not have it
-        return None
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None  # it does not have this id
+        raise _Unreachable(str(e)) from e
+    except Exception as e:  # timeouts, refused connections, bad JSON
+        raise _Unreachable(str(e)) from e
     return fastavro.parse_schema(json.loads(body["schema"]))
 
 
@@ -157,7 +185,10 @@ def writer_schema(schema_id: int) -> Any:
             parsed = fastavro.schema.load_schema(path)
             break
     if parsed is None and sources.registry:
-        parsed = _from_registry(sources.registry, schema_id)
+        try:
+            parsed = _from_registry(sources.registry, schema_id)
+        except _Unreachable:
+            return None  # not cached: the next message asks again
     with _LOCK:
         _CACHE[schema_id] = parsed
     return parsed
@@ -185,6 +216,11 @@ def decode_wire(data: bytes | memoryview) -> Iterator[tuple[int, Any, dict[str, 
     if len(data) < WIRE_HEADER:
         raise ValueError(f"truncated: {len(data)} bytes, too short for a wire-format message")
     _magic, schema_id = _STRUCT.unpack(bytes(data[:WIRE_HEADER]))
+    if schema_id < 100:  # no registry numbers a schema so (Rubin's start at 100 x major)
+        raise ValueError(
+            f"bad_magic: starts with byte 0 but is neither an Avro container nor a wire-format "
+            f"message (schema id {schema_id})"
+        )
     parsed = writer_schema(schema_id)
     if parsed is None:
         major, minor = divmod(schema_id, 100)
@@ -261,12 +297,16 @@ def conform(record: dict[str, Any], parsed_schema: Any) -> dict[str, Any]:
     return _conform(record, parsed_schema, named)
 
 
-def schema_id_of(record: dict[str, Any]) -> int | None:
-    """The registry id of the packet version a broker's copy names (Fink's
-    ``lsst_schema_version``, e.g. ``"lsst.v10_0"`` -> 1000), or None."""
-    text = str(record.get("lsst_schema_version") or "")
-    major, _, minor = text.removeprefix("lsst.v").partition("_")
-    return lsst_schema_id(int(major), int(minor)) if major.isdigit() and minor.isdigit() else None
+def schema_id_of(record: dict[str, Any], schema_name: str = "") -> int | None:
+    """The registry id of a packet's version: the one a broker's copy names (Fink's
+    ``lsst_schema_version``, e.g. ``"lsst.v10_0"`` -> 1000), else the one of its container's
+    writer schema (``lsst.v10_0.alert``); None when neither says."""
+    for text in (str(record.get("lsst_schema_version") or ""), schema_name):
+        major, _, rest = text.removeprefix("lsst.v").partition("_")
+        minor = rest.split(".", 1)[0]
+        if text.startswith("lsst.v") and major.isdigit() and minor.isdigit():
+            return lsst_schema_id(int(major), int(minor))
+    return None
 
 
 def known_schema_ids() -> list[int]:
@@ -277,7 +317,7 @@ def known_schema_ids() -> list[int]:
     return sorted(ids)
 
 
-def to_wire(record: dict[str, Any], schema_id: int | None = None) -> bytes:
+def to_wire(record: dict[str, Any], schema_id: int | None = None, schema_name: str = "") -> bytes:
     """Encode a Rubin alert record as a wire-format message.
 
     Parameters
@@ -285,8 +325,10 @@ def to_wire(record: dict[str, Any], schema_id: int | None = None) -> bytes:
     record
         A decoded packet, or a broker's copy of one (shaped to the schema by :func:`conform`).
     schema_id
-        The writer schema's id; None: the version the record names (:func:`schema_id_of`), else
-        the newest the schema directories hold.
+        The writer schema's id; None: the version the record or ``schema_name`` names
+        (:func:`schema_id_of`), else the newest the schema directories hold.
+    schema_name
+        The full name of the schema the record was read with, if any (``lsst.v10_0.alert``).
 
     Raises
     ------
@@ -294,7 +336,7 @@ def to_wire(record: dict[str, Any], schema_id: int | None = None) -> bytes:
         When no schema is known for the id, or the record does not fit it.
     """
     if schema_id is None:
-        schema_id = schema_id_of(record)
+        schema_id = schema_id_of(record, schema_name)
     if schema_id is None:
         ids = known_schema_ids()
         if not ids:
@@ -303,4 +345,7 @@ def to_wire(record: dict[str, Any], schema_id: int | None = None) -> bytes:
     parsed = writer_schema(schema_id)
     if parsed is None:
         raise ValueError(f"schema id {schema_id} not found ({schema_sources().describe()})")
-    return encode_wire(schema_id, parsed, conform(record, parsed))
+    try:
+        return encode_wire(schema_id, parsed, conform(record, parsed))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:  # fastavro's refusals
+        raise ValueError(f"does not fit schema id {schema_id}: {type(e).__name__}: {e}") from e

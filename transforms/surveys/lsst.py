@@ -58,8 +58,35 @@ def mjd_tai_to_jd_utc(mjd_tai: float) -> float:
     return float(mjd_tai) + _MJD_TO_JD - TAI_MINUS_UTC / 86400.0
 
 
+#: Largest integer a double holds exactly: ids stored as doubles (some Parquet copies) above it
+#: have lost their last bits, and distinct objects may share the rounded value.
+_EXACT_DOUBLE = 2**53
+
+
+def _exact_id(value: Any) -> int | None:
+    """An id as an exact integer; None when null, not a number, or a double that lost bits."""
+    if value is None or isinstance(value, (bool, str, bytes)):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer() or abs(value) > _EXACT_DOUBLE:
+            return None
+        return int(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _nonzero(value: Any) -> int | None:
-    return None if value is None or int(value) == 0 else int(value)
+    found = _exact_id(value)
+    return None if found == 0 else found
+
+
+def _alert_id(record: Mapping[str, Any]) -> int | None:
+    for value in (record.get("diaSourceId"), record.get("alertId")):
+        if value is not None:
+            return _exact_id(value)
+    return _exact_id(record["diaSource"].get("diaSourceId"))
 
 
 def _dia_object(record: Mapping[str, Any]) -> int | None:
@@ -254,23 +281,21 @@ class _LSST(Survey):
         src = record.get("diaSource")
         if not isinstance(src, dict):
             return "no diaSource"
-        ids = (record.get("diaSourceId"), record.get("alertId"), src.get("diaSourceId"))
-        if all(i is None for i in ids):
-            return "no diaSourceId"
-        missing = [f for f in ("midpointMjdTai", "ra", "dec", "band") if src.get(f) is None]
-        if missing:
-            return f"diaSource lacks {', '.join(missing)}"
+        if _alert_id(record) is None:
+            return "no exact diaSourceId"
+        # Only what identifies and places the alert in time is checked here; a missing band,
+        # position or flux is the features stage's dead letter, per alert.
+        if finite_number(src.get("midpointMjdTai")) is None:
+            return f"diaSource midpointMjdTai is {src.get('midpointMjdTai')!r}"
         if _dia_object(record) is None and _ss_object(record) is None:
-            return "neither a diaObjectId nor an ssObjectId"
+            return "neither an exact diaObjectId nor an ssObjectId"
         return None
 
     def alert_id(self, record: Mapping[str, Any]) -> int:
-        value = record.get("diaSourceId")
-        if value is None:
-            value = record.get("alertId")
-        if value is None:
-            value = record["diaSource"]["diaSourceId"]
-        return int(value)
+        found = _alert_id(record)
+        if found is None:
+            raise ValueError("no exact diaSourceId (validate() says so)")
+        return found
 
     def object_id(self, record: Mapping[str, Any]) -> str:
         dia = _dia_object(record)
@@ -286,8 +311,8 @@ class _LSST(Survey):
         return mjd_tai_to_jd_utc(record["diaSource"]["midpointMjdTai"])
 
     def band(self, record: Mapping[str, Any]) -> str:
-        band = record["diaSource"]["band"]
-        return band if band in LSST_BANDS else str(band)
+        band = record["diaSource"].get("band")
+        return band if band in LSST_BANDS else str(band or "")
 
     def earlier_detection(self, record: Mapping[str, Any]) -> bool:
         t = record["diaSource"]["midpointMjdTai"]
