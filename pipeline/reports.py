@@ -71,33 +71,15 @@ _RUBIN_COLUMNS = (
 #: Columns of sn_candidates.csv when any candidate is Rubin's: ZTF's, with ``survey`` after
 #: ``candid``, ``band`` after ``fid`` (Rubin rows have no ``fid``), Rubin's fields after ZTF's and
 #: ``fink_url`` after ``alerce_url`` (Rubin rows have no ALeRCE link, ZTF rows no Fink link).
-SN_CANDIDATE_COLUMNS_WITH_RUBIN = (
-    "rank",
-    "objectId",
-    "candid",
-    "survey",  # "ztf" or "lsst"
-    "jd",
-    "ra",
-    "dec",
-    "fid",
-    "band",  # filter name: g r i (ZTF), u g r i z y (Rubin)
-    "magpsf",  # [mag] Rubin: 31.4 - 2.5 log10(|psfFlux| / nJy)
-    "p_SN",
-    "predicted_class",
-    "rule",
-    "isdiffpos",
-    "sgscore1",
-    "distpsnr1",
-    "ndethist",
-    *_RUBIN_COLUMNS,
-    "night",
-    "gal_b",
-    "days_since_non_detection",
-    "alerce_url",
-    "fink_url",
-    "tns_url",
-    "simbad_url",
-    "ned_url",
+SN_CANDIDATE_COLUMNS_WITH_RUBIN = tuple(
+    extra
+    for column in SN_CANDIDATE_COLUMNS
+    for extra in {
+        "candid": ("candid", "survey"),  # "ztf" or "lsst"
+        "fid": ("fid", "band"),  # filter name: g r i (ZTF), u g r i z y (Rubin)
+        "ndethist": ("ndethist", *_RUBIN_COLUMNS),
+        "alerce_url": ("alerce_url", "fink_url"),
+    }.get(column, (column,))
 )
 #: Lookup links a row may carry, in the page's order (a row has only its survey's).
 LINK_COLUMNS = ("alerce_url", "fink_url", "tns_url", "simbad_url", "ned_url")
