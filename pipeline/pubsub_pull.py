@@ -57,16 +57,26 @@ class ShortPull:
         return max(1, min(MAX_PULL_MESSAGES, self._pull_bytes // self._largest))
 
     def pull(self, *args: Any, **kwargs: Any) -> Any:
-        from google.api_core.exceptions import DeadlineExceeded
+        from google.api_core.exceptions import DeadlineExceeded, ResourceExhausted
         from google.cloud.pubsub_v1.types import PullResponse
 
         kwargs["timeout"] = min(kwargs.get("timeout") or self._timeout_s, self._timeout_s)
         if "max_messages" in kwargs:
             kwargs["max_messages"] = self.pull_size()
-        try:
-            response = self._client.pull(*args, **kwargs)
-        except DeadlineExceeded:
-            return PullResponse()
+        while True:
+            try:
+                response = self._client.pull(*args, **kwargs)
+                break
+            except DeadlineExceeded:
+                return PullResponse()
+            except ResourceExhausted:
+                # Larger messages than any seen arrived together past the receive limit. Nothing
+                # was delivered (no ack ids): ask again for half as many, down to one.
+                asked = kwargs.get("max_messages", 1)
+                if asked <= 1:
+                    raise
+                kwargs["max_messages"] = asked // 2
+                self._largest = max(self._largest, self._pull_bytes // kwargs["max_messages"])
         for received in response.received_messages:
             size = len(received.message.data) + sum(
                 len(k) + len(v) for k, v in received.message.attributes.items()

@@ -132,6 +132,7 @@ def test_stream_equals_batch_with_dead_letters_and_latency(
         # those whose counter happened to be named dead_letters_*. Counted per bundle, so wait
         # for them rather than for a fixed time.
         want = dict(Counter(d["stage"] for d in batch_dead))
+        summary: dict = {}
         while time.monotonic() < deadline:
             counts = streaming_counts(opts, result)
             summary = summarise(counts, opts.model, 1.0, state="RUNNING")
@@ -372,6 +373,22 @@ def test_pulls_ask_for_as_many_messages_as_fit_the_byte_budget():
         for _ in range(3):
             short.pull(subscription="s", max_messages=10, timeout=30)
         assert client.asked == [10, want, want]  # Beam's 10 until a size is known
+
+    # Larger messages than any seen, together past the receive limit: asked again for fewer.
+    class Burst(Client):
+        def pull(self, **kwargs):
+            from google.api_core.exceptions import ResourceExhausted
+
+            self.asked.append(kwargs["max_messages"])
+            if kwargs["max_messages"] > 5:
+                raise ResourceExhausted("Received message larger than max")
+            return PullResponse()
+
+    burst = Burst(1000)
+    short = ShortPull(burst, 2.0)
+    short._largest = 1000  # small messages so far: it asks for the most
+    short.pull(subscription="s", max_messages=10)
+    assert burst.asked == [100, 50, 25, 12, 6, 3] and short.pull_size() == 3
     tiny = ShortPull(Client(10), 2.0)
     tiny.pull(subscription="s", max_messages=10)
     assert tiny.pull_size() == MAX_PULL_MESSAGES
