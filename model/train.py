@@ -59,12 +59,8 @@ from apache_beam.io.filesystems import FileSystems
 from model.augment import PRESETS as AUGMENT_PRESETS
 from model.augment import AugmentConfig, augment_batch
 from pipeline.argtypes import non_negative_int, positive_int
-from transforms.schema import (
-    CLASS_NAMES,
-    FEATURES_ALERCE_26,
-    FEATURES_DRB_27,
-    FEATURES_PRODUCTION,
-)
+from transforms.schema import CLASS_NAMES
+from transforms.surveys import ZTF
 
 __all__ = [
     "FEATURE_SETS",
@@ -89,11 +85,8 @@ __all__ = [
     "training_batches",
 ]
 
-FEATURE_SETS = {
-    "production": FEATURES_PRODUCTION,
-    "alerce26": FEATURES_ALERCE_26,
-    "drb27": FEATURES_DRB_27,
-}
+#: ``--features`` names: the ZTF adapter's feature lists.
+FEATURE_SETS = dict(ZTF.feature_sets)
 #: Architecture flags when neither given nor taken from ``--init-from``.
 DEFAULT_KERNEL, DEFAULT_CROP, DEFAULT_FEATURES = 5, 21, "production"
 #: ``--augment`` when not given: new models are trained for the simulated-to-real transfer.

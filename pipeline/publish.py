@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from pipeline.argtypes import positive_int
@@ -93,15 +92,6 @@ def messages(
                 yield name, message, _event_attrs(name, [alert.jd])
         if error is not None:  # the alerts after a broken one cannot be sent: say so
             yield ReadError(source, f"{error.reason} (after {len(alerts)} alerts sent)")
-
-
-def attributes(source: str, data: bytes) -> dict[str, str]:
-    """Message attributes of a container: ``source`` and, if it decodes, ``event_time`` [ms]."""
-    try:
-        alerts, _ = decode_alerts(data, source)
-    except Exception:  # a bad container is still published: the job dead-letters it
-        alerts = []
-    return _event_attrs(source, [a.jd for a in alerts])
 
 
 #: Messages and bytes in flight at most (the client blocks beyond). Measured on the emulator with
@@ -269,11 +259,9 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    for d in args.schema_dir or ():
-        if not Path(d).is_dir():
-            print(f"stampflow publish: --schema-dir {d} is not a directory", file=sys.stderr)
-            return 2
-    configure_schemas(args.schema_dir or ())
+    from pipeline.options import check_schema_dirs  # the run's own check (local or gs://)
+
+    configure_schemas(check_schema_dirs(args.schema_dir or ()))
     started = time.perf_counter()
     counts = publish(args.topic, args.paths, args.rate, args.limit, schema_id=args.schema_id)
     took = time.perf_counter() - started

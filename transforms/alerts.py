@@ -263,6 +263,15 @@ def _read_header(r: _Reader) -> tuple[dict[str, bytes], bytes, bytes]:
     return meta, meta_bytes, sync
 
 
+def _usable_survey(field_names: set[str]) -> Survey | None:
+    """The survey of a record with these top-level fields; None when it is no survey's, or a
+    ZTF-like record without the cutouts (e.g. a DECam alert), which cannot be classified."""
+    survey = survey_of_fields(field_names)
+    if survey is ZTF and any(f not in field_names for f in CUTOUT_FIELDS.values()):
+        return None
+    return survey
+
+
 def _writer_for(schema_bytes: bytes, meta_bytes: bytes) -> _Writer:
     """The parsed writer schema for these exact schema bytes, parsed once per process."""
     writer = _WRITERS.get(schema_bytes)
@@ -274,9 +283,7 @@ def _writer_for(schema_bytes: bytes, meta_bytes: bytes) -> _Writer:
     except Exception as e:  # malformed JSON or an invalid Avro schema
         raise AlertDecodeError("bad_schema", f"writer schema does not parse: {e}") from e
     names = [f["name"] for f in schema.get("fields", [])] if isinstance(schema, dict) else []
-    survey = survey_of_fields(set(names))
-    if survey is ZTF and any(f not in names for f in CUTOUT_FIELDS.values()):
-        survey = None  # a ZTF-like record without cutouts (e.g. a DECam alert) is not usable
+    survey = _usable_survey(set(names))
     writer = _Writer(parsed=parsed, header_meta=meta_bytes, survey=survey, fields=tuple(names))
     if len(_WRITERS) >= _MAX_WRITERS:
         _WRITERS.clear()
@@ -382,9 +389,7 @@ def _error_of(e: ValueError) -> AlertDecodeError:
 
 
 def _survey_for(record: Any, index: int) -> Survey:
-    survey = survey_of_fields(set(record)) if isinstance(record, dict) else None
-    if survey is ZTF and any(f not in record for f in CUTOUT_FIELDS.values()):
-        survey = None  # as for containers: a ZTF-like record without cutouts is not usable
+    survey = _usable_survey(set(record)) if isinstance(record, dict) else None
     if survey is None:
         fields = ", ".join(list(record)[:6]) if isinstance(record, dict) else type(record).__name__
         raise AlertDecodeError(

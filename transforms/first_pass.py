@@ -53,7 +53,6 @@ from transforms.alerts import (
     decode_alerts,
     iter_alerts,
 )
-from transforms.rules import history_skip_reason
 from transforms.schema import REQUIRED_ALERT_FIELDS, REQUIRED_CANDIDATE_FIELDS
 from transforms.surveys import ZTF
 
@@ -948,28 +947,15 @@ def _writer_and_plan(schema_bytes: bytes, meta_bytes: bytes) -> tuple[_Writer, _
 
 
 # --- containers -----------------------------------------------------------------------------------
-def _earlier(record: dict) -> bool:
-    """Earlier detection in a ZTF record's history (the fast paths read ZTF only)."""
-    prv = record.get("prv_candidates") or []
-    # Entries that are not records hold no candid (history_skip_reason would fail on them).
-    entries = [p for p in prv if isinstance(p, dict)]
-    return history_skip_reason(record["candidate"], entries) is not None
+#: Earlier detection in a ZTF record's history (the fast paths read ZTF only).
+_earlier = ZTF.earlier_detection
 
 
 def _fallback(data: bytes, source: str, path: str, out: list[Scanned]) -> None:
     alerts, error = decode_alerts(data, source, path)
     _COUNTS["fallback"] += len(alerts)
     for a in alerts:
-        out.append(
-            Scanned(
-                a.object_id,
-                a.candid,
-                a.jd,
-                _earlier(a.record) if a.survey is ZTF else a.earlier_detection,
-                source,
-                path,
-            )
-        )
+        out.append(Scanned(a.object_id, a.candid, a.jd, a.earlier_detection, source, path))
     if error is not None:
         raise error
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from transforms.alerts import Alert
 from transforms.features import finite_number
-from transforms.schema import LSST_ZERO_POINT, ZTF_BANDS
-from transforms.surveys.lsst import mjd_tai_to_jd_utc
+from transforms.schema import ZTF_BANDS
+from transforms.surveys.lsst import ab_mag, mjd_tai_to_jd_utc
 
 __all__ = [
     "RUBIN_LIMIT_SIGMA",
@@ -180,18 +180,13 @@ def _split(history: Iterable[Mapping[str, Any]]) -> tuple[list[Detection], list[
     return detections, limits
 
 
-def _mag(flux: float) -> float | None:
-    """AB magnitude of a flux [nJy], None unless positive."""
-    return LSST_ZERO_POINT - 2.5 * math.log10(flux) if flux > 0 else None
-
-
 def _rubin_point(entry: Mapping[str, Any], forced: bool) -> Detection | None:
     """A diaSource or diaForcedSource as a point; None without a time or a finite flux."""
     mjd, flux = finite_number(entry.get("midpointMjdTai")), finite_number(entry.get("psfFlux"))
     if mjd is None or flux is None:
         return None
     err = finite_number(entry.get("psfFluxErr"))  # [nJy]
-    mag = _mag(flux)
+    mag = ab_mag(flux)
     sigma = None if mag is None or err is None else _MAG_PER_RELATIVE_FLUX * err / flux
     band = entry.get("band")
     return Detection(
@@ -223,7 +218,7 @@ def _rubin_limit(entry: Mapping[str, Any]) -> UpperLimit | None:
     return UpperLimit(
         mjd_tai_to_jd_utc(mjd),
         None,
-        LSST_ZERO_POINT - 2.5 * math.log10(flux_limit),
+        ab_mag(flux_limit),
         "" if band is None else str(band),
         flux_limit,
     )

@@ -6,7 +6,7 @@ history, and where its cutout bytes are. :class:`transforms.alerts.Alert` carrie
 survey and delegates to the adapter, so selection, deduplication and the sinks read no survey's
 field names. A survey is recognised per packet from its writer schema (:func:`survey_of_fields`).
 
-Adding a survey is one module here, an entry in :data:`SURVEYS`, and its names in
+Adding a survey is one module here, an entry in ``_MODULES``, and its names in
 :mod:`transforms.schema`.
 """
 

@@ -69,11 +69,6 @@ class Survey:
         """Filter name (``g``, ``r``, ``i`` for ZTF; ``u g r i z y`` for Rubin)."""
         raise NotImplementedError
 
-    def ra_dec(self, record: Mapping[str, Any]) -> tuple[float, float]:
-        """Position of the detection [deg] (ICRS/J2000)."""
-        src = self.source(record)
-        return float(src["ra"]), float(src["dec"])
-
     def earlier_detection(self, record: Mapping[str, Any]) -> bool:
         """True when the packet's history holds a detection earlier than this one."""
         raise NotImplementedError

@@ -41,7 +41,7 @@ from transforms.schema import (
 from transforms.stamps import StampError, decode_stamps
 from transforms.surveys.base import Survey
 
-__all__ = ["LSST", "centre_stamp", "flux_to_mag", "lsst_features", "mjd_tai_to_jd_utc"]
+__all__ = ["LSST", "ab_mag", "centre_stamp", "flux_to_mag", "lsst_features", "mjd_tai_to_jd_utc"]
 
 #: Largest share of NaN pixels a Rubin stamp window may hold (more: a ``stamps`` dead letter).
 MAX_NAN_FRACTION = 0.5
@@ -104,12 +104,18 @@ def _ss_object(record: Mapping[str, Any]) -> int | None:
     return found
 
 
-def flux_to_mag(flux: float | None) -> float:
-    """AB magnitude of a flux [nJy]: ``31.4 - 2.5 log10(flux)``; :data:`NO_MAG` when the flux is
-    null, not finite or not positive."""
+def ab_mag(flux: float | None) -> float | None:
+    """AB magnitude of a flux [nJy]: ``31.4 - 2.5 log10(flux)``; None when the flux is null, not
+    finite or not positive."""
     if flux is None or not math.isfinite(flux) or flux <= 0:
-        return NO_MAG
+        return None
     return LSST_ZERO_POINT - 2.5 * math.log10(flux)
+
+
+def flux_to_mag(flux: float | None) -> float:
+    """:func:`ab_mag`, with :data:`NO_MAG` for no magnitude (a feature value)."""
+    mag = ab_mag(flux)
+    return NO_MAG if mag is None else mag
 
 
 def _fwhm(src: Mapping[str, Any], xx: str, yy: str) -> float | None:
@@ -128,7 +134,7 @@ def _flag(src: Mapping[str, Any], name: str) -> float:
 def _one(src: Mapping[str, Any], name: str) -> tuple[float, bool]:
     """One feature of one diaSource: (value, imputed)."""
     if name == "psf_mag":
-        return LSST_ZERO_POINT - 2.5 * math.log10(abs(src["psfFlux"])), False
+        return ab_mag(abs(src["psfFlux"])), False
     if name == "psf_mag_err":
         return 1.0857 * abs(src["psfFluxErr"]) / abs(src["psfFlux"]), False
     if name == "is_negative":
@@ -365,7 +371,7 @@ class _LSST(Survey):
             "dec": src["dec"],
             "fid": None,
             "band": self.band(record),
-            "magpsf": None if not flux else LSST_ZERO_POINT - 2.5 * math.log10(abs(flux)),
+            "magpsf": None if flux is None else ab_mag(abs(flux)),
         }
         fields.update({f: src.get(f) for f in self.extra_fields})
         fields["ssObjectId"] = _ss_object(record)

@@ -12,7 +12,7 @@ from transforms.features import (
     stack_stamps,
     validate_feature_names,
 )
-from transforms.rules import apply_rules, is_known_sso
+from transforms.rules import apply_rules, history_skip_reason, is_known_sso
 from transforms.schema import (
     CUTOUT_FIELDS,
     FEATURES_ALERCE_26,
@@ -77,12 +77,9 @@ class _ZTF(Survey):
         return ZTF_BANDS.get(record["candidate"]["fid"], "")
 
     def earlier_detection(self, record: Mapping[str, Any]) -> bool:
-        # Detections have a candid; upper limits have none.
-        jd = record["candidate"]["jd"]
-        return any(
-            p.get("candid") is not None and p.get("jd") is not None and p["jd"] < jd
-            for p in self.history(record)
-        )
+        # Entries that are not records hold no candid (history_skip_reason would fail on them).
+        entries = [p for p in self.history(record) if isinstance(p, dict)]
+        return history_skip_reason(record["candidate"], entries) is not None
 
     def cutout_bytes(self, record: Mapping[str, Any], kind: str) -> bytes | None:
         cutout = record.get(CUTOUT_FIELDS[kind])
