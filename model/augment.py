@@ -39,10 +39,26 @@ order :func:`augment_batch` applies them:
 7. Dihedral (:func:`dihedral`): one of the 8 rotations/flips, the same for the 3 channels.
 
 Each has a probability and a strength in :class:`AugmentConfig` (``AugmentConfig.none()`` is the
-identity; :data:`PRESETS` names the ``--augment`` choices). NaN pixels stay NaN where they were
-(moved by the dihedral transform only); only saturation masking introduces new ones. The network
-already averages over the four 90° rotations of its input (cyclic pooling, SPEC §6), so a
-rotation only changes which dropout mask meets which orientation; the flips are what is new.
+identity; :data:`PRESETS` names the ``--augment`` choices, :data:`PRESET_SURVEYS` the survey each
+is made for). NaN pixels stay NaN where they were (moved by the dihedral transform only); only
+saturation masking introduces new ones. The ZTF network averages over the four 90° rotations of
+its input (cyclic pooling, SPEC §6), so a rotation only changes which dropout mask meets which
+orientation; the flips are what is new.
+
+**Rubin (LSST) examples** (``augment_batch(..., survey="lsst")``, preset ``lsst``): stamps are
+``[B, 30, 30, 3]`` in nJy (background-subtracted, calibrated), features
+:data:`transforms.schema.FEATURES_LSST`. Nothing above assumes ZTF's units or size except what
+the features follow and three strengths, so :data:`COUPLINGS` says, per survey, which features
+follow the pixels: under a zero-point change ``psf_mag`` and ``science_mag`` (``template_mag``
+keeps the reference's scale; the -999 of "no flux" stays), under a blurred science ``fwhm`` and
+``fwhm_psf`` (the source's and the PSF model's widths, in arcsec: the kernel's FWHM in pixels
+times 0.2"/px). The ``lsst`` preset blurs more in pixels (Rubin's seeing is 5-9 px FWHM, ZTF's
+2-3: major sigma up to 2 px, with a 6-pixel filter border) and leaves out two: saturation, since
+Rubin's cutouts carry no NaN pixels where ZTF masks (saturated pixels are interpolated and flagged
+in ``saturated``, a feature the pixels would then contradict), and the dihedral transforms, which
+the D4-invariant Rubin network (``NetworkConfig(flips=True)``) makes redundant: its output is the
+same for all 8. PSF mismatch, misregistration, zero point, noise and background apply as for ZTF
+(noise and background in units of the channel's robust std, so in any pixel unit).
 
 Every function is pure and vectorised over the batch; the randomness comes from one
 ``np.random.Generator``, so a seed gives the same batches. Cost with the default config, batch
@@ -61,12 +77,17 @@ from typing import Any, Final
 
 import numpy as np
 
+from transforms.schema import LSST_PIXEL_SCALE
+
 __all__ = [
     "AUGMENTATIONS",
+    "COUPLINGS",
     "FWHM_FEATURE",
     "MAGNITUDE_FEATURES",
     "PRESETS",
+    "PRESET_SURVEYS",
     "AugmentConfig",
+    "FeatureCoupling",
     "add_background",
     "add_noise",
     "augment_batch",
@@ -91,6 +112,46 @@ FWHM_FEATURE: Final[str] = "fwhm"
 _SIGMA_TO_FWHM: Final[float] = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _MAD_TO_SIGMA: Final[float] = 1.482602218505602
 _PAD: Final[int] = 4  # reflected border [pixel] around Fourier filtering: no wrap-around
+
+
+@dataclass(frozen=True)
+class FeatureCoupling:
+    """Which of a survey's features follow the pixels under augmentation, and how.
+
+    Attributes
+    ----------
+    magnitudes
+        Features in magnitudes of the science/difference flux scale: shifted by
+        ``-2.5 log10 k`` when those pixels are multiplied by ``k`` (:func:`scale_flux`).
+    widths
+        Widths of the science PSF and of the source: widened in quadrature by the kernel's FWHM
+        when the science is blurred (:func:`smear_psf`), where positive.
+    width_per_pixel
+        Unit of ``widths`` per pixel (1 for ZTF's ``fwhm`` [pixel], 0.2 for Rubin's [arcsec]).
+    no_magnitude
+        The "no flux" value of ``magnitudes``, left as it is; None when there is none.
+    saturation
+        Whether :func:`saturate` models the survey's cutouts (ZTF's NaN-masked saturation).
+    """
+
+    magnitudes: tuple[str, ...]
+    widths: tuple[str, ...]
+    width_per_pixel: float = 1.0
+    no_magnitude: float | None = None
+    saturation: bool = True
+
+
+#: Per survey (``--survey``): the features that follow the pixels (see the module docstring).
+COUPLINGS: Final[dict[str, FeatureCoupling]] = {
+    "ztf": FeatureCoupling(MAGNITUDE_FEATURES, (FWHM_FEATURE,)),
+    "lsst": FeatureCoupling(
+        ("psf_mag", "science_mag"),
+        ("fwhm", "fwhm_psf"),
+        width_per_pixel=LSST_PIXEL_SCALE,  # [arcsec / pixel]
+        no_magnitude=-999.0,  # transforms.surveys.lsst.NO_MAG: science flux <= 0
+        saturation=False,
+    ),
+}
 #: The augmentations in the order :func:`augment_batch` applies them; ``{name}_prob`` of
 #: :class:`AugmentConfig` is the probability that one fires on an example.
 AUGMENTATIONS: Final[tuple[str, ...]] = (
@@ -132,6 +193,9 @@ class AugmentConfig:
         ``saturation_min_snr`` robust stds above the background: pixels above
         ``background + u (peak - background)``, ``u ~ U(*saturation_level)``, become NaN with
         probability ``saturation_mask_prob`` (ZTF's mask), else are clipped at that level.
+    filter_border
+        Reflected border [pixel] around the Fourier filters (PSF, shift): ``shift_max`` and
+        three ``psf_sigma_max`` must stay inside it, so nothing wraps around.
     """
 
     dihedral_prob: float = 1.0
@@ -150,6 +214,7 @@ class AugmentConfig:
     saturation_level: tuple[float, float] = (0.3, 0.9)  # fraction of (peak - background)
     saturation_min_snr: float = 50.0
     saturation_mask_prob: float = 0.5
+    filter_border: int = _PAD  # [pixel]
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -158,11 +223,14 @@ class AugmentConfig:
         for name in ("psf_sigma_max", "shift_max", "zero_point_max", "noise_max_fraction"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.shift_max > _PAD or self.psf_sigma_max > _PAD / 3:
+        border = self.filter_border
+        if border < 1:
+            raise ValueError(f"filter_border must be >= 1, got {border}")
+        if self.shift_max > border or self.psf_sigma_max > border / 3:
             raise ValueError(
-                f"shift_max (<= {_PAD}) and psf_sigma_max (<= {_PAD / 3:.2f}) must stay inside "
-                f"the {_PAD}-pixel border of the Fourier filters, got {self.shift_max}, "
-                f"{self.psf_sigma_max}"
+                f"shift_max (<= {border}) and psf_sigma_max (<= {border / 3:.2f}) must stay "
+                f"inside the {border}-pixel border of the Fourier filters (filter_border), got "
+                f"{self.shift_max}, {self.psf_sigma_max}"
             )
         if not 0.0 < self.psf_min_axis_ratio <= 1.0:
             raise ValueError(f"psf_min_axis_ratio must be in (0, 1], got {self.psf_min_axis_ratio}")
@@ -192,7 +260,14 @@ class AugmentConfig:
 PRESETS: Final[dict[str, AugmentConfig]] = {
     "none": AugmentConfig.none(),
     "default": AugmentConfig(),
+    # Rubin: no saturation (not NaN-masked there), no dihedral (the D4-invariant network's
+    # output is the same for all 8), a PSF mismatch on the scale of its 5-9 px seeing.
+    "lsst": AugmentConfig(
+        dihedral_prob=0.0, psf_sigma_max=2.0, saturation_prob=0.0, filter_border=6
+    ),
 }
+#: The survey each preset is made for (``none``: every survey).
+PRESET_SURVEYS: Final[dict[str, str | None]] = {"none": None, "default": "ztf", "lsst": "lsst"}
 
 
 # --- Geometry -------------------------------------------------------------------------------------
@@ -359,6 +434,8 @@ def smear_psf(
     sigma_minor: np.ndarray,
     angle: np.ndarray,
     background: np.ndarray | None = None,
+    coupling: FeatureCoupling = COUPLINGS["ztf"],
+    pad: int = _PAD,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blur the science or the reference and leave the PSF-mismatch residual in the difference.
 
@@ -369,8 +446,9 @@ def smear_psf(
     features
         ``[B, F]`` raw features.
     feature_names
-        Their names: ``fwhm`` (when present and positive) widens in quadrature by the kernel's
-        FWHM (from the mean of its two variances) where the science is blurred.
+        Their names: each of ``coupling.widths`` present (ZTF's ``fwhm``), where positive, widens
+        in quadrature by the kernel's FWHM (from the mean of its two variances) where the science
+        is blurred.
     target
         ``[B]`` channel to blur: 0 science (``D += S' - S``), 1 reference (``D -= R' - R``).
     sigma_major, sigma_minor, angle
@@ -378,6 +456,10 @@ def smear_psf(
     background
         ``[B, 3]`` channel medians that fill NaN pixels before filtering (default: measured with
         :func:`robust_background`).
+    coupling
+        The survey's features that follow (:data:`COUPLINGS`; ZTF's by default).
+    pad
+        Reflected border of the filter [pixel], at least 3 major sigmas.
 
     Returns
     -------
@@ -391,21 +473,25 @@ def smear_psf(
     bkg = robust_background(stamps)[0] if background is None else background
     rows = np.arange(len(stamps))
     img = _filled(stamps[rows, :, :, target], bkg[rows, target])
-    blurred = fourier_filter(img, lambda n: gaussian_transfer(n, sigma_major, sigma_minor, angle))
+    blurred = fourier_filter(
+        img, lambda n: gaussian_transfer(n, sigma_major, sigma_minor, angle), pad
+    )
     sign = np.where(target == SCIENCE, 1.0, -1.0).astype(np.float32)[:, None, None]
     original = stamps[rows, :, :, target]
     out[rows, :, :, target] = np.where(np.isfinite(original), blurred, original)
     out[..., DIFFERENCE] = stamps[..., DIFFERENCE] + sign * (blurred - img)
-    if FWHM_FEATURE in feature_names:
-        j = list(feature_names).index(FWHM_FEATURE)
-        var = 0.5 * (np.asarray(sigma_major) ** 2 + np.asarray(sigma_minor) ** 2)
-        widened = np.sqrt(feats[:, j] ** 2 + _SIGMA_TO_FWHM**2 * var)
-        feats[:, j] = np.where((target == SCIENCE) & (feats[:, j] > 0), widened, feats[:, j])
+    var = 0.5 * (np.asarray(sigma_major) ** 2 + np.asarray(sigma_minor) ** 2)
+    kernel_fwhm = _SIGMA_TO_FWHM * coupling.width_per_pixel  # feature units per kernel sigma
+    for name in coupling.widths:
+        if name in feature_names:
+            j = list(feature_names).index(name)
+            widened = np.sqrt(feats[:, j] ** 2 + kernel_fwhm**2 * var)
+            feats[:, j] = np.where((target == SCIENCE) & (feats[:, j] > 0), widened, feats[:, j])
     return out, feats
 
 
 def misregister(
-    stamps: np.ndarray, shifts: np.ndarray, background: np.ndarray | None = None
+    stamps: np.ndarray, shifts: np.ndarray, background: np.ndarray | None = None, pad: int = _PAD
 ) -> np.ndarray:
     """Shift the reference by a subpixel vector; the difference gains ``R - R'`` (dipoles).
 
@@ -418,6 +504,8 @@ def misregister(
         (the filter's reflected border).
     background
         ``[B, 3]`` channel medians that fill NaN pixels (default: :func:`robust_background`).
+    pad
+        Reflected border of the filter [pixel], at least the shift.
 
     Returns
     -------
@@ -431,7 +519,7 @@ def misregister(
     bkg = robust_background(stamps)[0] if background is None else background
     ref = stamps[..., REFERENCE]
     img = _filled(ref, bkg[:, REFERENCE])
-    moved = fourier_filter(img, lambda n: shift_transfer(n, np.asarray(shifts, np.float64)))
+    moved = fourier_filter(img, lambda n: shift_transfer(n, np.asarray(shifts, np.float64)), pad)
     out[..., REFERENCE] = np.where(np.isfinite(ref), moved, ref)
     out[..., DIFFERENCE] = stamps[..., DIFFERENCE] + (img - moved)
     return out
@@ -476,7 +564,11 @@ def robust_background(stamps: np.ndarray, step: int = 2) -> tuple[np.ndarray, np
 
 
 def scale_flux(
-    stamps: np.ndarray, features: np.ndarray, feature_names: Sequence[str], factor: np.ndarray
+    stamps: np.ndarray,
+    features: np.ndarray,
+    feature_names: Sequence[str],
+    factor: np.ndarray,
+    coupling: FeatureCoupling = COUPLINGS["ztf"],
 ) -> tuple[np.ndarray, np.ndarray]:
     """A zero-point change: science and difference times ``factor``, magnitudes brighter.
 
@@ -487,10 +579,13 @@ def scale_flux(
     features
         ``[B, F]`` raw features.
     feature_names
-        Their names: each of :data:`MAGNITUDE_FEATURES` present shifts by
-        ``-2.5 log10(factor)``.
+        Their names: each of ``coupling.magnitudes`` present (ZTF's
+        :data:`MAGNITUDE_FEATURES`) shifts by ``-2.5 log10(factor)``, except where it holds
+        ``coupling.no_magnitude``.
     factor
         ``[B]`` positive flux factors.
+    coupling
+        The survey's features that follow (:data:`COUPLINGS`; ZTF's by default).
 
     Returns
     -------
@@ -503,10 +598,15 @@ def scale_flux(
     out[..., SCIENCE] *= k
     out[..., DIFFERENCE] *= k
     dmag = (-2.5 * np.log10(factor)).astype(features.dtype)
-    for name in MAGNITUDE_FEATURES:
+    for name in coupling.magnitudes:
         if name in feature_names:
             j = list(feature_names).index(name)
-            feats[:, j] += dmag
+            if coupling.no_magnitude is None:
+                feats[:, j] += dmag
+            else:  # "no flux" has no magnitude to shift
+                feats[:, j] = np.where(
+                    feats[:, j] == coupling.no_magnitude, feats[:, j], feats[:, j] + dmag
+                )
     return out, feats
 
 
@@ -601,6 +701,7 @@ def augment_batch(
     feature_names: Sequence[str],
     config: AugmentConfig,
     rng: np.random.Generator,
+    survey: str = "ztf",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Augment one batch of raw examples (in the order of the module's table).
 
@@ -613,20 +714,37 @@ def augment_batch(
     features
         ``float32 [B, F]`` raw features (imputed, unclipped).
     stamps
-        ``float32 [B, 63, 63, 3]`` raw science, reference, difference; NaN allowed.
+        ``float32 [B, S, S, 3]`` raw science, reference, difference (S 63 ZTF, 30 Rubin); NaN
+        allowed.
     feature_names
-        Feature order (magnitudes and ``fwhm`` are found by name).
+        Feature order (magnitudes and widths are found by name, see :data:`COUPLINGS`).
     config
         Probabilities and strengths.
     rng
         Source of randomness.
+    survey
+        Whose examples (``ztf``, ``lsst``): which features follow the pixels.
 
     Returns
     -------
     (features, stamps)
         New float32 arrays of the same shapes (the inputs are not modified). With
         :meth:`AugmentConfig.none` they equal the inputs.
+
+    Raises
+    ------
+    ValueError
+        For saturation on a survey whose cutouts it does not model (Rubin's), or an unknown
+        survey.
     """
+    if survey not in COUPLINGS:
+        raise ValueError(f"no augmentation coupling for survey {survey!r}: {sorted(COUPLINGS)}")
+    coupling = COUPLINGS[survey]
+    if config.saturation_prob > 0 and not coupling.saturation:
+        raise ValueError(
+            f"saturation_prob must be 0 for {survey} examples: its cutouts are not NaN-masked "
+            "where saturated (see the lsst preset)"
+        )
     features = np.asarray(features, np.float32)
     stamps = np.asarray(stamps, np.float32)
     b, h = len(stamps), stamps.shape[1]
@@ -664,14 +782,14 @@ def augment_batch(
     if len(sel):
         x[sel], f[sel] = smear_psf(
             x[sel], f[sel], feature_names, psf_target[sel], sig_major[sel], sig_minor[sel],
-            psf_angle[sel], bkg[sel],
+            psf_angle[sel], bkg[sel], coupling, config.filter_border,
         )  # fmt: skip
     sel = np.flatnonzero(fires["shift"])
     if len(sel):
-        x[sel] = misregister(x[sel], shifts[sel], bkg[sel])
+        x[sel] = misregister(x[sel], shifts[sel], bkg[sel], config.filter_border)
     sel = np.flatnonzero(fires["zero_point"])
     if len(sel):
-        x[sel], f[sel] = scale_flux(x[sel], f[sel], feature_names, factor[sel])
+        x[sel], f[sel] = scale_flux(x[sel], f[sel], feature_names, factor[sel], coupling)
         sigma[sel, SCIENCE] *= factor[sel]
         sigma[sel, DIFFERENCE] *= factor[sel]
     sel = np.flatnonzero(fires["noise"])

@@ -19,6 +19,12 @@ several files) are skipped as ``duplicate_candid``. Null features are imputed as
 and reported (ALeRCE's own graph would give such an alert NaN probabilities). On the 225 real
 alerts of ``../shared/data/ztf_alerts`` this compares 220 distinct 63x63 alerts.
 
+Rubin (LSST) models are compared the same way on Rubin alerts: both models must declare the same
+``survey`` in their metadata, the alerts are featurised by that survey's adapter (alerts of the
+other survey are unusable, ``features:no_model``), first detections are judged from each alert's
+own history (``prvDiaSources`` for Rubin), and a Rubin feature counts as imputed when the adapter
+imputed it (null ``snr``, ``reliability``, ``extendedness``, moments, ``trailLength``).
+
 What matters for the SN hunt is reported for all compared alerts and again for the first
 detections among them (judged as ``--select first`` judges, whatever ``--select`` is; 36 of the
 220): agreement, top-2 agreement, Cohen's kappa, recovery per reference class (the reference's
@@ -56,6 +62,7 @@ from transforms.schema import (
     IMPUTE_VALUES,
     PROBABILITY_COLUMNS,
     SKIP_DUPLICATE,
+    SKIP_EARLIER_DETECTION,
     SKIP_NOT_FIRST_IN_INPUT,
     STAGE_DECODE,
     STAGE_READ,
@@ -789,6 +796,26 @@ def imputed_features(candidate: Mapping[str, Any], feature_names: Iterable[str])
     return out
 
 
+#: Rubin features computed from the position, never imputed: left out of the per-alert imputation
+#: check, where each would cost an astropy frame transform.
+_SKY_FEATURES: Final[frozenset[str]] = frozenset({"ecl_lat", "ecl_long", "gal_lat", "gal_long"})
+
+
+def _imputed(alert: Any, feature_names: Sequence[str]) -> list[str]:
+    """The features of ``feature_names`` featurisation imputes for this alert, by its survey:
+    ZTF's by :func:`imputed_features`, Rubin's as the adapter counts them."""
+    if alert.survey.name == "ztf":
+        return imputed_features(alert.candidate, feature_names)
+    names = [n for n in feature_names if n not in _SKY_FEATURES]
+    counts = alert.survey.features([alert.candidate], names).null_counts
+    return [n for n in names if counts.get(n)]
+
+
+def _history_reason(alert: Any) -> str | None:
+    """Why an alert is not a first detection by its own history (any survey), or None."""
+    return SKIP_EARLIER_DETECTION if alert.earlier_detection else None
+
+
 def _slim_dead_letter(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: record.get(k) for k in ("stage", "reason", "source", "objectId", "candid")}
 
@@ -846,6 +873,7 @@ def score_alerts(
     select: str = "all",
     stamp_policy: str = "drop",
     chunk: int = CHUNK,
+    survey: str = "ztf",
 ) -> Scored:
     """Read, select and featurise alerts, and run both models' serving signatures on them.
 
@@ -868,6 +896,8 @@ def score_alerts(
         ``"drop"`` or ``"pad"`` (:func:`transforms.featurize.featurize_alerts`).
     chunk
         Alerts per featurisation and model call.
+    survey
+        The survey both models classify (``ztf``, ``lsst``); other alerts are unusable.
 
     Returns
     -------
@@ -882,8 +912,10 @@ def score_alerts(
     """
     from model.train import evaluate_model
     from transforms.featurize import featurize_alerts
-    from transforms.rules import earliest_key, history_skip_reason
+    from transforms.rules import earliest_key
+    from transforms.surveys import get_survey
 
+    adapter = get_survey(survey)
     dead: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
     # Per scored or dead alert: (objectId, order key, row or None, dead letter or None, no
@@ -905,21 +937,19 @@ def score_alerts(
     def flush() -> None:
         if not pending:
             return
-        first = featurize_alerts(pending, model_features, stamp_policy)
+        first = featurize_alerts(pending, model_features, stamp_policy, adapter)
         letters = list(first.dead_letters)
         pairs = _aligned(pending, first.examples)
         if list(reference_features) == list(model_features):
             both = [(a, ex, ex) for a, ex in pairs]
         else:
             alerts = [a for a, _ in pairs]
-            second = featurize_alerts(alerts, reference_features, stamp_policy)
+            second = featurize_alerts(alerts, reference_features, stamp_policy, adapter)
             letters += second.dead_letters
             by_alert = {id(a): ex for a, ex in pairs}
             both = [(a, by_alert[id(a)], ex) for a, ex in _aligned(alerts, second.examples)]
         order_of = {a.candid: key(a) for a in pending}
-        clean_of = {
-            a.candid: history_skip_reason(a.candidate, a.prv_candidates) is None for a in pending
-        }
+        clean_of = {a.candid: _history_reason(a) is None for a in pending}
         for letter in letters:
             slim = _slim_dead_letter(letter)
             candid = slim["candid"]
@@ -941,7 +971,7 @@ def score_alerts(
                 objects.append(alert.object_id)
                 model_probs.append(p_mod[i])
                 ref_probs.append(p_ref[i])
-                imputed.append(imputed_features(alert.candidate, all_features))
+                imputed.append(_imputed(alert, all_features))
         pending.clear()
 
     seen: set[int] = set()
@@ -952,7 +982,7 @@ def score_alerts(
             continue
         seen.add(alert.candid)
         if select == "first":
-            reason = history_skip_reason(alert.candidate, alert.prv_candidates)
+            reason = _history_reason(alert)
             if reason is not None:
                 skipped[reason] += 1
                 continue
@@ -992,8 +1022,8 @@ def score_alerts(
 def _model_info(model_dir: str, flag: str) -> dict[str, Any]:
     from apache_beam.io.filesystems import FileSystems
 
-    from model.handler import ModelDirError, read_metadata
-    from model.train import FEATURE_SETS
+    from model.handler import ModelDirError, model_survey, read_metadata
+    from model.train import SURVEY_FEATURE_SETS
 
     try:
         meta = read_metadata(model_dir)
@@ -1004,11 +1034,14 @@ def _model_info(model_dir: str, flag: str) -> dict[str, Any]:
             f"{flag}: {model_dir} has {model_dir}/stampflow_model.json but no saved_model.pb"
         )
     features = list(meta["features"])
-    feature_set = next((n for n, f in FEATURE_SETS.items() if list(f) == features), "custom")
+    survey = model_survey(meta)
+    sets = SURVEY_FEATURE_SETS.get(survey, {})
+    feature_set = next((n for n, f in sets.items() if list(f) == features), "custom")
     return {
         "dir": model_dir,
         "name": meta.get("name"),
         "version": meta.get("version"),
+        "survey": survey,
         "feature_set": feature_set,
         "features": features,
     }
@@ -1062,8 +1095,8 @@ def compare(
     Raises
     ------
     CompareError
-        A model directory that is not an exported model, a pattern that matches nothing, an
-        unwritable ``out_dir``, or no alert usable by both models.
+        A model directory that is not an exported model, models of two surveys, a pattern that
+        matches nothing, an unwritable ``out_dir``, or no alert usable by both models.
     """
     if select not in SELECT_MODES:
         raise CompareError(f"--select {select!r} not in {SELECT_MODES}")
@@ -1071,6 +1104,11 @@ def compare(
         raise CompareError(f"--stamp-policy {stamp_policy!r} not in {STAMP_SIZE_POLICIES}")
     model = _model_info(model_dir, "--model")
     reference = _model_info(reference_dir, "--reference")
+    if model["survey"] != reference["survey"]:
+        raise CompareError(
+            f"--model classifies {model['survey']} alerts, --reference {reference['survey']} "
+            "alerts: compare two models of one survey"
+        )
     out = _writable_dir(out_dir)
     scored = score_alerts(
         alerts,
@@ -1080,6 +1118,7 @@ def compare(
         reference["features"],
         select,
         stamp_policy,
+        survey=model["survey"],
     )
     by_stage = Counter(d["stage"] for d in scored.dead_letters)
     by_reason = Counter(f"{d['stage']}:{d['reason'].split(':', 1)[0]}" for d in scored.dead_letters)
@@ -1158,7 +1197,10 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         "--stamp-policy",
         choices=STAMP_SIZE_POLICIES,
         default="drop",
-        help="non-63x63 stamps: unusable (default, as ALeRCE) or NaN-padded",
+        help=(
+            "stamps smaller than the survey's (ZTF: non-63x63) unusable (default, as ALeRCE) or "
+            "NaN-padded"
+        ),
     )
 
     def _main(args: argparse.Namespace) -> int:

@@ -10,7 +10,13 @@ Input: preprocessed stamps ``[N, crop, crop, 3]`` (science, template, difference
       concat ─ dense 64 ─ dropout ─ dense 64 ─ dense 5 ─ softmax (AGN, SN, VS, asteroid, bogus)
 
 Averaging the dense-64 embedding over the four 90° rotations makes the output exactly invariant
-to rotating the input stamps by 90°. Layer names follow ALeRCE's TF1 variable scopes
+to rotating the input stamps by 90°. With ``NetworkConfig(flips=True)`` (the Rubin model's
+default) the batch is extended with the mirror images too, ``[x, r x, r² x, r³ x, m, r m, r² m,
+r³ m]`` with ``m`` the left-right mirror of ``x`` (×8), and the embedding averaged over the eight:
+the orbit of ``x`` under the dihedral group D4, so the output is exactly invariant to every
+rotation by 90° and every flip. Rubin stamps come in each visit's orientation (its rotator angle),
+so orientation says nothing about the class, and neither does handedness; ALeRCE's Rubin model
+averages the same 8 views. No weight is added. Layer names follow ALeRCE's TF1 variable scopes
 (``conv_1_1``, ``dense_1_10``, ``batchnorm_features``, ...) so imported checkpoints map 1:1.
 The images-only variant (their Appendix C) drops the metadata branch and, as ALeRCE's graph does,
 pools later: ``dense 64 ─ dense 64 ─ CyclicAveragePool ─ dense 5``.
@@ -58,6 +64,9 @@ class NetworkConfig:
         Dropout rate used in training (after dense 1 and dense 2).
     padding
         Zero padding added on each side before the first convolution [pixels].
+    flips
+        Average over the 8 rotations and flips of the stamps (exact D4 invariance) instead of
+        the 4 rotations; same weights. False (ZTF, ALeRCE) when a model's metadata lacks it.
     """
 
     kernel_size: int = 5
@@ -65,6 +74,12 @@ class NetworkConfig:
     n_features: int = 23
     dropout: float = 0.5
     padding: int = 3
+    flips: bool = False
+
+    @property
+    def views(self) -> int:
+        """Copies of each stamp the network sees: 8 with flips, else 4."""
+        return 8 if self.flips else 4
 
     def to_dict(self) -> dict:
         """Plain dict, for metadata JSON."""
@@ -97,6 +112,12 @@ def rotate90(x: tf.Tensor, k: int) -> tf.Tensor:
     return x
 
 
+def mirror(x: tf.Tensor) -> tf.Tensor:
+    """Flip a ``[N, H, W, C]`` batch left-right (``np.flip(x, axis=2)``): one reversal of a fixed
+    axis, an ONNX ``Slice``."""
+    return x[:, :, ::-1]
+
+
 @keras.saving.register_keras_serializable(package="stampflow")
 class RotationExtend(keras.layers.Layer):
     """``[N, H, W, C]`` → ``[4N, H, W, C]``: the batch followed by its 90°, 180°, 270° rotations.
@@ -106,26 +127,57 @@ class RotationExtend(keras.layers.Layer):
     than ``tf.image.rot90``, whose tensor ``k`` becomes three ``If`` nodes in an ONNX export,
     which onnx2torch and TensorRT refuse; the pixels moved are the same, so the outputs are
     bit-identical.
+
+    Parameters
+    ----------
+    flips
+        Also append the four rotations of the mirrored batch (:func:`mirror`): ``[8N, H, W, C]``,
+        the whole D4 orbit of each stamp, in blocks ``x, r x, r² x, r³ x, m, r m, r² m, r³ m``.
     """
 
+    def __init__(self, flips: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.flips = bool(flips)
+
     def call(self, x):
-        return tf.concat([x, *(rotate90(x, k) for k in (1, 2, 3))], 0)
+        views = [x, *(rotate90(x, k) for k in (1, 2, 3))]
+        if self.flips:
+            m = mirror(x)
+            views += [m, *(rotate90(m, k) for k in (1, 2, 3))]
+        return tf.concat(views, 0)
 
     def compute_output_shape(self, input_shape):
         n = input_shape[0]
-        return (None if n is None else 4 * n, *input_shape[1:])
+        views = 8 if self.flips else 4
+        return (None if n is None else views * n, *input_shape[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "flips": self.flips}
 
 
 @keras.saving.register_keras_serializable(package="stampflow")
 class CyclicAveragePool(keras.layers.Layer):
-    """``[4N, D]`` (four rotation blocks) → ``[N, D]``, the mean over the four rotations."""
+    """``[V·N, D]`` (``V`` blocks of views) → ``[N, D]``, the mean over the views.
+
+    Parameters
+    ----------
+    views
+        ``V``: 4 (the rotations) or 8 (rotations and flips, :class:`RotationExtend` ``flips``).
+    """
+
+    def __init__(self, views: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.views = int(views)
 
     def call(self, x):
-        return tf.reduce_mean(tf.reshape(x, [4, -1, tf.shape(x)[-1]]), axis=0)
+        return tf.reduce_mean(tf.reshape(x, [self.views, -1, tf.shape(x)[-1]]), axis=0)
 
     def compute_output_shape(self, input_shape):
         n = input_shape[0]
-        return (None if n is None else n // 4, *input_shape[1:])
+        return (None if n is None else n // self.views, *input_shape[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "views": self.views}
 
 
 def build_network(
@@ -136,7 +188,8 @@ def build_network(
     Parameters
     ----------
     config
-        Architecture; defaults to ALeRCE production (kernel 5, crop 21, 23 features).
+        Architecture; defaults to ALeRCE production (kernel 5, crop 21, 23 features, the four
+        rotations).
     dtype_policy
         Keras dtype policy of the layers (``mixed_float16``, ``mixed_bfloat16``: float32
         weights, half-precision compute); None: Keras's global policy (float32). The softmax is
@@ -161,7 +214,7 @@ def build_network(
     k = cfg.kernel_size
     stamps = keras.Input((cfg.crop, cfg.crop, 3), name="stamps")
     x = keras.layers.ZeroPadding2D(cfg.padding, name="zero_pad")(stamps)
-    x = RotationExtend(name="rotations")(x)
+    x = RotationExtend(flips=cfg.flips, name="rotations")(x)
     x = keras.layers.Conv2D(32, 4, padding="valid", activation="relu", name=names["conv1"])(x)
     x = keras.layers.Conv2D(32, k, padding="same", activation="relu", name=names["conv2"])(x)
     x = keras.layers.MaxPooling2D(2, name="pool_1")(x)
@@ -173,7 +226,7 @@ def build_network(
     x = keras.layers.Dropout(cfg.dropout, name="dropout_1")(x)
     inputs = {"stamps": stamps}
     if cfg.n_features:
-        x = CyclicAveragePool(name="cyclic_pool")(x)
+        x = CyclicAveragePool(cfg.views, name="cyclic_pool")(x)
         features = keras.Input((cfg.n_features,), name="features")
         inputs["features"] = features
         f = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.99, name=names["batchnorm"])(
@@ -187,7 +240,7 @@ def build_network(
         # ALeRCE's images-only graph pools after its second dense layer.
         x = keras.layers.Dense(64, activation="relu", name=names["dense2"])(x)
         x = keras.layers.Dropout(cfg.dropout, name="dropout_2")(x)
-        x = CyclicAveragePool(name="cyclic_pool")(x)
+        x = CyclicAveragePool(cfg.views, name="cyclic_pool")(x)
     logits = keras.layers.Dense(len(CLASS_NAMES), name=names["logits"])(x)
     probs = keras.layers.Softmax(name="probabilities", dtype="float32")(logits)
     name = "stamp_classifier" if cfg.n_features else "stamp_classifier_images_only"

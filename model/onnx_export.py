@@ -16,10 +16,12 @@ is the SavedModel's own, unchanged. Its feature mean and standard deviation are 
 tensors of the restored function, which ``tf2onnx.convert.from_function`` leaves as extra graph
 inputs; freezing the concrete function first turns them into constants.
 
-The ONNX graph has inputs ``features`` ``float32 [N, F]`` and ``stamps`` ``float32 [N, 63, 63,
-3]`` (raw, as the SavedModel's signature), output ``probabilities`` ``[N, 5]``, and carries the
-model's ``name``, ``version``, ``features`` and ``class_names`` (JSON lists) in its metadata,
-which :class:`model.handler.OnnxModel` checks against ``stampflow_model.json``.
+The ONNX graph has inputs ``features`` ``float32 [N, F]`` and ``stamps`` ``float32 [N, S, S, 3]``
+(raw, as the SavedModel's signature; S = 63 for ZTF, 30 for Rubin), output ``probabilities``
+``[N, 5]``, and carries the model's ``name``, ``version``, ``features`` and ``class_names`` (JSON
+lists) in its metadata, which :class:`model.handler.OnnxModel` checks against
+``stampflow_model.json``, and, for the reader, its ``survey``, ``stamp_size`` and whether the
+network averages over flips too (``flips``: the Rubin model's 8 views, mirrors as ``Slice``).
 
 Command line::
 
@@ -38,7 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from model.handler import METADATA_FILE, ONNX_FILE, read_metadata
+from model.handler import METADATA_FILE, ONNX_FILE, model_survey, read_metadata, stamp_shape
 from model.rebuild import rebuild_serving_model
 from transforms.schema import CLASS_NAMES, RAW_FEATURES_KEY, RAW_STAMPS_KEY, SERVING_OUTPUT_KEY
 
@@ -159,6 +161,9 @@ def export_onnx(model_dir: str, out: str | None = None, opset: int = DEFAULT_OPS
         "class_names": json.dumps(list(meta.get("class_names", CLASS_NAMES))),
         "crop": str(meta["crop"]),
         "images_only": json.dumps(bool(meta.get("images_only", False))),
+        "survey": model_survey(meta),
+        "stamp_size": str(stamp_shape(meta)[0]),
+        "flips": json.dumps(bool(meta.get("architecture", {}).get("flips", False))),
         "inputs": json.dumps(meta.get("inputs", {})),
         "outputs": json.dumps({SERVING_OUTPUT_KEY: "float32 [N, 5] softmax, class_names order"}),
         "derived_from": f"SavedModel and {METADATA_FILE} of {Path(model_dir).name}",

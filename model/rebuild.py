@@ -48,7 +48,8 @@ def rebuild_serving_model(
     -------
     transforms.preprocess.ServingModel
         ``serve(features, stamps) -> {"probabilities"}``: the SavedModel's own transform layer
-        and :func:`model.network.build_network` of its ``architecture`` holding its weights.
+        and :func:`model.network.build_network` of its ``architecture`` (flips included, when
+        recorded) holding its weights, for stamps of the metadata's ``stamp_size``.
 
     Raises
     ------
@@ -65,6 +66,7 @@ def rebuild_serving_model(
     saved = {
         v.name.split(":")[0]: v for v in loaded.signatures["serving_default"].variables
     }  # layer-scoped names (conv_1_1/kernel, ...), the same in every export
+    # Metadata written before NetworkConfig.flips existed lacks it: the 4-rotation network.
     net = build_network(NetworkConfig(**metadata["architecture"]), dtype_policy=dtype_policy)
     missing = [w.path for w in net.weights if w.path not in saved]
     if missing:

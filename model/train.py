@@ -8,7 +8,7 @@
 4. Train (SPEC §6): class-balanced batches, Adam(lr, β1 0.5, β2 0.9), loss cross-entropy − β
    entropy, validation loss every ``--val-every`` iterations, keep the best weights, stop after
    30k iterations (+10k while the best validation loss keeps improving after 20k) or at the
-   ``--max-steps`` / ``--max-minutes`` budget. With ``--augment default`` (the default) each
+   ``--max-steps`` / ``--max-minutes`` budget. With ``--augment default`` (ZTF's default) each
    training batch is drawn from the *raw* examples, augmented (:mod:`model.augment`: rotations
    and flips, PSF mismatch, misregistration, zero point, noise, background, saturation: what the
    simulator cannot pin down) and run through the fitted transform, so the network sees what
@@ -19,9 +19,17 @@
    learning curve (training and validation loss against the step) and the metadata records the
    augmentation.
 
+``--survey lsst`` trains the Rubin model: alerts decoded by the LSST adapter (labels keyed by
+``diaSourceId`` in the ``candid`` column), its 23 features (``--features lsst``, the only list it
+takes), 30x30 stamps fed whole (``--crop 30``), the network averaged over the 8 rotations and
+flips (``--flips``, exact D4 invariance) and the ``lsst`` augmentation preset (no saturation, no
+dihedral: see :mod:`model.augment`); the model's metadata says ``survey: lsst``. Alerts of the
+other survey are counted as unusable.
+
 ``--init-from MODEL`` fine-tunes an exported model (e.g. a small labelled real set on top of the
 simulated default or an imported ALeRCE model): the network is built with MODEL's architecture
-(kernel, crop, features, images-only; conflicting flags are refused), starts from MODEL's weights
+(survey, kernel, crop, features, images-only; conflicting flags are refused; flips too unless
+``--flips``/``--no-flips`` says, as they add no weight), starts from MODEL's weights
 (copied by layer and variable name, the scope names of :data:`model.network.LAYER_NAMES` that the
 ALeRCE import also maps onto), and keeps MODEL's preprocessing: the z-score statistics are MODEL's
 own, as fixed transform constants (the path ``import-alerce`` uses), not refitted on the small set
@@ -32,6 +40,7 @@ so the starting weights are kept when no step improves on them.
         --max-minutes 25
     stampflow train --alerts real/ --labels real/labels.csv --out models/tuned \\
         --init-from model/default --lr 1e-4 --val-per-class 10 --test-per-class 10 --max-steps 500
+    stampflow train --survey lsst --alerts rubin/ --labels rubin/labels.csv --out models/rubin
 """
 
 from __future__ import annotations
@@ -56,14 +65,15 @@ from typing import Any
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from model.augment import PRESET_SURVEYS, AugmentConfig, augment_batch
 from model.augment import PRESETS as AUGMENT_PRESETS
-from model.augment import AugmentConfig, augment_batch
 from pipeline.argtypes import non_negative_int, positive_int
 from transforms.schema import CLASS_NAMES
-from transforms.surveys import ZTF
+from transforms.surveys import LSST, ZTF, get_survey
 
 __all__ = [
     "FEATURE_SETS",
+    "SURVEY_DEFAULTS",
     "Augmentation",
     "Dataset",
     "HParams",
@@ -79,18 +89,52 @@ __all__ = [
     "read_labels",
     "register",
     "resolve_architecture",
+    "resolve_survey",
     "split_by_object",
     "train",
     "train_network",
     "training_batches",
 ]
 
-#: ``--features`` names: the ZTF adapter's feature lists.
+#: ZTF's ``--features`` names: the ZTF adapter's feature lists.
 FEATURE_SETS = dict(ZTF.feature_sets)
-#: Architecture flags when neither given nor taken from ``--init-from``.
+#: Every survey's ``--features`` names, by survey (each adapter's ``feature_sets``).
+SURVEY_FEATURE_SETS = {"ztf": FEATURE_SETS, "lsst": dict(LSST.feature_sets)}
+#: Architecture flags when neither given nor taken from ``--init-from`` (ZTF's).
 DEFAULT_KERNEL, DEFAULT_CROP, DEFAULT_FEATURES = 5, 21, "production"
 #: ``--augment`` when not given: new models are trained for the simulated-to-real transfer.
 DEFAULT_AUGMENT = "default"
+#: ``--survey`` when neither given nor taken from ``--init-from``.
+DEFAULT_SURVEY = "ztf"
+
+
+@dataclass(frozen=True)
+class SurveyDefaults:
+    """What a survey's models get when a flag is not given (and no ``--init-from`` model).
+
+    Attributes
+    ----------
+    crop
+        ``--crop`` [pixels]: ZTF's 21 of 63; Rubin's whole 30 px stamp (6", about ZTF's 21").
+    features
+        ``--features``: the name of a feature list of the survey's adapter.
+    augment
+        ``--augment`` preset (:data:`model.augment.PRESETS`).
+    flips
+        ``--flips``: average over the 8 rotations and flips (D4) rather than the 4 rotations.
+    """
+
+    crop: int
+    features: str
+    augment: str
+    flips: bool
+
+
+#: Per ``--survey``.
+SURVEY_DEFAULTS = {
+    "ztf": SurveyDefaults(DEFAULT_CROP, DEFAULT_FEATURES, DEFAULT_AUGMENT, flips=False),
+    "lsst": SurveyDefaults(LSST.stamp_size, "lsst", "lsst", flips=True),
+}
 #: Learning curve written beside the exported model.
 CURVE_FILE = "training_curve.json"
 
@@ -132,10 +176,59 @@ class HParams:
     kernel_size: int = 5
     crop: int = 21
     images_only: bool = False
+    flips: bool = False  # average over the 8 rotations and flips (D4), not the 4 rotations
     val_every: int = 10  # iterations between validation-loss evaluations
     base_steps: int = 30_000
     extend_after: int = 20_000
     extend_by: int = 10_000
+
+
+def resolve_survey(survey: str | None, metadata: dict[str, Any] | None = None) -> str:
+    """The survey to train for: ``--survey``, or the ``--init-from`` model's (which it must match).
+
+    Parameters
+    ----------
+    survey
+        ``--survey`` (``ztf``, ``lsst``), None when not given.
+    metadata
+        The ``--init-from`` model's ``stampflow_model.json``, or None.
+
+    Returns
+    -------
+    str
+        The survey name (:data:`DEFAULT_SURVEY` when neither says).
+
+    Raises
+    ------
+    TrainError
+        When ``--survey`` differs from the model's survey.
+
+    Examples
+    --------
+    >>> resolve_survey(None), resolve_survey("lsst"), resolve_survey(None, {"survey": "lsst"})
+    ('ztf', 'lsst', 'lsst')
+    """
+    if metadata is None:
+        return survey or DEFAULT_SURVEY
+    from model.handler import model_survey
+
+    own = model_survey(metadata)
+    if survey is not None and survey != own:
+        raise TrainError(f"--init-from builds a {own} model; conflicting: --survey {survey}")
+    return own
+
+
+def _check_crop(crop: int, survey: str) -> None:
+    """Refuse a crop the survey's stamps cannot give (larger, or even and not the whole stamp)."""
+    from transforms.preprocess import crop_bounds
+
+    size = get_survey(survey).stamp_size
+    if crop > size:
+        raise TrainError(f"--crop {crop} is larger than the {survey} stamps ({size}x{size} px)")
+    try:
+        crop_bounds(crop, size)
+    except ValueError as e:
+        raise TrainError(f"--crop {crop}: {e}") from e
 
 
 def resolve_architecture(
@@ -144,16 +237,20 @@ def resolve_architecture(
     features: str | None,
     images_only: bool | None,
     metadata: dict[str, Any] | None = None,
+    survey: str = DEFAULT_SURVEY,
 ) -> tuple[int, int, tuple[str, ...], bool]:
     """The architecture to train: the flags, or an ``--init-from`` model's (which they must match).
 
     Parameters
     ----------
     kernel, crop, features, images_only
-        ``--kernel``, ``--crop``, ``--features`` (a :data:`FEATURE_SETS` name) and
-        ``--images-only``; None when not given.
+        ``--kernel``, ``--crop``, ``--features`` (a name in the survey's
+        :data:`SURVEY_FEATURE_SETS`) and ``--images-only``; None when not given.
     metadata
         The ``--init-from`` model's ``stampflow_model.json``, or None to train from scratch.
+    survey
+        The survey trained for (:func:`resolve_survey`): its defaults (:data:`SURVEY_DEFAULTS`),
+        feature lists and stamp size.
 
     Returns
     -------
@@ -162,7 +259,8 @@ def resolve_architecture(
     Raises
     ------
     TrainError
-        When a given flag differs from the model's architecture.
+        When a given flag differs from the model's architecture, ``--features`` names another
+        survey's list, or the crop is larger than the survey's stamps (or even and not all of it).
 
     Examples
     --------
@@ -172,12 +270,24 @@ def resolve_architecture(
     ...         "images_only": False}
     >>> resolve_architecture(None, 21, None, None, meta)
     (3, 21, ('fwhm',), False)
+    >>> resolve_architecture(None, None, None, None, survey="lsst")[1]
+    30
     """
+    sets = SURVEY_FEATURE_SETS[survey]
+    if features is not None and features not in sets:
+        owner = next((n for n, named in SURVEY_FEATURE_SETS.items() if features in named), None)
+        raise TrainError(
+            f"--features {features} is a {owner} feature list; --survey {survey} models take "
+            f"{', '.join(sorted(sets))}"
+        )
     if metadata is None:
+        defaults = SURVEY_DEFAULTS[survey]
+        crop = defaults.crop if crop is None else crop
+        _check_crop(crop, survey)
         return (
             DEFAULT_KERNEL if kernel is None else kernel,
-            DEFAULT_CROP if crop is None else crop,
-            tuple(FEATURE_SETS[features or DEFAULT_FEATURES]),
+            crop,
+            tuple(sets[features or defaults.features]),
             bool(images_only),
         )
     model = (
@@ -186,13 +296,13 @@ def resolve_architecture(
         tuple(metadata["features"]),
         bool(metadata["images_only"]),
     )
-    named = next((n for n, f in FEATURE_SETS.items() if tuple(f) == model[2]), "its own list")
+    named = next((n for n, f in sets.items() if tuple(f) == model[2]), "its own list")
     conflicts = []
     if kernel is not None and kernel != model[0]:
         conflicts.append(f"--kernel {kernel} (the model's is {model[0]})")
     if crop is not None and crop != model[1]:
         conflicts.append(f"--crop {crop} (the model's is {model[1]})")
-    if features is not None and tuple(FEATURE_SETS[features]) != model[2]:
+    if features is not None and tuple(sets[features]) != model[2]:
         conflicts.append(f"--features {features} (the model's are {named})")
     if images_only and not model[3]:
         conflicts.append("--images-only (the model uses the metadata features)")
@@ -204,7 +314,7 @@ def resolve_architecture(
 
 
 def probe_feature_stats(
-    transform: Any, feature_names: Sequence[str]
+    transform: Any, feature_names: Sequence[str], stamp_size: int = 63
 ) -> dict[str, dict[str, float]]:
     """The z-score statistics a fitted transform applies, read back by feeding it two points.
 
@@ -218,9 +328,11 @@ def probe_feature_stats(
     Parameters
     ----------
     transform
-        ``transform(features [2, F], stamps [2, 63, 63, 3]) -> features_xf [2, F]`` (numpy).
+        ``transform(features [2, F], stamps [2, S, S, 3]) -> features_xf [2, F]`` (numpy).
     feature_names
         Feature order.
+    stamp_size
+        S, the side of the raw stamps the transform takes (63 ZTF, 30 Rubin).
 
     Returns
     -------
@@ -230,7 +342,7 @@ def probe_feature_stats(
     from transforms.features import clip_bounds
 
     lo, hi = (np.asarray(b, np.float64) for b in clip_bounds(tuple(feature_names)))
-    stamps = np.zeros((2, 63, 63, 3), np.float32)
+    stamps = np.zeros((2, stamp_size, stamp_size, 3), np.float32)
     a = np.clip(0.0, lo, hi)
     b = np.where(a + 1 <= hi, a + 1, a - 1)
     for _ in range(2):
@@ -274,7 +386,7 @@ def load_init_model(model_dir: str) -> InitModel:
     """
     import tensorflow as tf
 
-    from model.handler import read_metadata
+    from model.handler import read_metadata, stamp_shape
     from model.remote import local_copy
 
     meta = read_metadata(model_dir)
@@ -295,7 +407,7 @@ def load_init_model(model_dir: str) -> InitModel:
             out = call({"features": tf.constant(f), "stamps": tf.constant(s)})[0]
             return out["features_xf"].numpy()
 
-        stats = probe_feature_stats(transform, features)
+        stats = probe_feature_stats(transform, features, stamp_shape(meta)[0])
     stats = {f: {"mean": float(stats[f]["mean"]), "std": float(stats[f]["std"])} for f in features}
     return InitModel(model_dir, meta, weights, stats)
 
@@ -358,7 +470,7 @@ class Dataset:
     """Raw examples with labels and object ids."""
 
     features: np.ndarray  # [N, F] raw
-    stamps: np.ndarray  # [N, 63, 63, 3] raw
+    stamps: np.ndarray  # [N, S, S, 3] raw (S: the survey's stamp side, 63 ZTF, 30 Rubin)
     labels: np.ndarray  # [N] class index
     candids: np.ndarray  # [N]
     objects: np.ndarray  # [N] objectId
@@ -374,8 +486,9 @@ def _paths(paths: str | Sequence[str]) -> list[str]:
 def read_labels(paths: str | Sequence[str]) -> dict[int, tuple[str, str]]:
     """``labels.csv`` files → ``{candid: (objectId, class)}`` (columns candid, objectId, class).
 
-    Several files (e.g. one per simulated night) are merged; a ``candid`` labelled twice with
-    different objects or classes is refused.
+    ``candid`` is the alert id: ZTF's ``candid``, Rubin's ``diaSourceId``. Several files (e.g.
+    one per simulated night) are merged; a ``candid`` labelled twice with different objects or
+    classes is refused.
     """
     out: dict[int, tuple[str, str]] = {}
     for path in _paths(paths):
@@ -391,24 +504,50 @@ def read_labels(paths: str | Sequence[str]) -> dict[int, tuple[str, str]]:
 
 
 def load_dataset(
-    inputs: Sequence[str], labels: dict[int, tuple[str, str]], feature_names: Sequence[str]
+    inputs: Sequence[str],
+    labels: dict[int, tuple[str, str]],
+    feature_names: Sequence[str],
+    survey: str = DEFAULT_SURVEY,
 ) -> tuple[Dataset, dict[str, int]]:
-    """Decode and featurise every labelled alert under ``inputs``.
+    """Decode and featurise every labelled alert of ``survey`` under ``inputs``.
+
+    Parameters
+    ----------
+    inputs
+        Alert files, directories, archives or globs.
+    labels
+        ``{alert id: (objectId, class)}`` (:func:`read_labels`).
+    feature_names
+        Feature order (one of the survey's lists).
+    survey
+        Whose alerts (``ztf``, ``lsst``): its adapter cuts the stamps (NaN-padded to its size
+        when smaller) and computes the features. Alerts of another survey are unusable.
 
     Returns
     -------
     (Dataset, counts)
-        Examples in input order; counts of alerts seen, unlabelled, and dead (not usable).
+        Examples in input order; counts of alerts seen, ``unlabelled``, ``dead`` (not usable,
+        those of another survey included) and ``other_survey`` (alerts of another survey,
+        labelled or not).
+
+    Raises
+    ------
+    FileNotFoundError
+        When an input matches nothing.
+    ValueError
+        When no labelled alert of the survey is usable.
     """
     from transforms.featurize import featurize_alerts
     from transforms.sources import NoInputError, decode_paths
 
+    adapter = get_survey(survey)
     feats, stamps, ys, cands, objs = [], [], [], [], []
-    counts = {"alerts": 0, "unlabelled": 0, "dead": 0}
+    counts = {"alerts": 0, "unlabelled": 0, "dead": 0, "other_survey": 0}
+    others: set[str] = set()  # names of the other surveys seen, for the error message
     pending = []
 
     def flush() -> None:
-        result = featurize_alerts(pending, feature_names, "pad")
+        result = featurize_alerts(pending, feature_names, "pad", adapter)
         counts["dead"] += len(result.dead_letters)
         for candid, ex in result.examples:
             obj, cls = labels[candid]
@@ -424,6 +563,12 @@ def load_dataset(
             counts["dead"] += item.read_error is not None or item.decode_error is not None
             for alert in item.alerts:
                 counts["alerts"] += 1
+                if alert.survey is not adapter:
+                    # Another survey's alert ids are not this survey's: unusable, not "unlabelled".
+                    counts["other_survey"] += 1
+                    counts["dead"] += 1
+                    others.add(alert.survey.name)
+                    continue
                 if alert.candid not in labels:
                     counts["unlabelled"] += 1
                     continue
@@ -434,7 +579,12 @@ def load_dataset(
         raise FileNotFoundError(e.reason) from e
     flush()
     if not feats:
-        raise ValueError("no labelled alerts found")
+        other = (
+            f" ({counts['other_survey']} alerts of another survey: {', '.join(sorted(others))})"
+            if others
+            else ""
+        )
+        raise ValueError(f"no labelled {survey} alerts found{other}")
     data = Dataset(
         np.stack(feats).astype(np.float32),
         np.stack(stamps).astype(np.float32),
@@ -496,7 +646,7 @@ class Augmentation:
     config
         Probabilities and strengths (:class:`model.augment.AugmentConfig`).
     features, stamps
-        Raw examples, ``float32 [M, F]`` and ``[M, 63, 63, 3]`` (the whole data set: not copied).
+        Raw examples, ``float32 [M, F]`` and ``[M, S, S, 3]`` (the whole data set: not copied).
     rows
         ``int [N]``: training example ``i`` (of ``train_xf``) is raw row ``rows[i]``.
     feature_names
@@ -504,6 +654,8 @@ class Augmentation:
     transform
         ``transform(features, stamps) -> (features_xf, stamps_xf)``: the fitted tf.Transform
         graph, applied to each augmented batch.
+    survey
+        Whose examples (which features follow the pixels, :data:`model.augment.COUPLINGS`).
     """
 
     config: AugmentConfig
@@ -512,6 +664,7 @@ class Augmentation:
     rows: np.ndarray
     feature_names: tuple[str, ...]
     transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+    survey: str = DEFAULT_SURVEY
 
 
 def training_batches(
@@ -553,7 +706,9 @@ def training_batches(
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
     for idx in batches:
         raw = aug.rows[idx]
-        f, s = augment_batch(aug.features[raw], aug.stamps[raw], aug.feature_names, aug.config, rng)
+        f, s = augment_batch(
+            aug.features[raw], aug.stamps[raw], aug.feature_names, aug.config, rng, aug.survey
+        )
         f_xf, s_xf = aug.transform(f, s)
         yield f_xf, s_xf, labels[idx]
 
@@ -671,6 +826,7 @@ def train_network(
         crop=hp.crop,
         n_features=0 if hp.images_only else n_features,
         dropout=hp.dropout,
+        flips=hp.flips,
     )
     net = build_network(config)
     if initial_weights is not None:
@@ -793,6 +949,36 @@ def evaluate_model(model_dir: str, features: np.ndarray, stamps: np.ndarray, bat
     return np.concatenate(out) if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
 
 
+def _resolve_flips(flips: bool | None, survey: str, metadata: dict[str, Any] | None) -> bool:
+    """``--flips``/``--no-flips``, else the ``--init-from`` model's, else the survey's default.
+
+    Flips add no weight, so a model may be fine-tuned with or without them."""
+    if flips is not None:
+        return flips
+    if metadata is not None:
+        return bool(metadata.get("architecture", {}).get("flips", False))
+    return SURVEY_DEFAULTS[survey].flips
+
+
+def _resolve_augment(preset: str | None, survey: str) -> str:
+    """``--augment``, else the survey's preset; a preset made for another survey is refused."""
+    preset = preset or SURVEY_DEFAULTS[survey].augment
+    made_for = PRESET_SURVEYS[preset]
+    if made_for not in (None, survey):
+        fits = sorted(n for n, s in PRESET_SURVEYS.items() if s in (None, survey))
+        raise TrainError(
+            f"--augment {preset} is made for {made_for} stamps; --survey {survey} takes "
+            f"{' or '.join(fits)}"
+        )
+    return preset
+
+
+def _count_line(counts: dict[str, int], survey: str) -> str:
+    """``"3 unlabelled, 2 unusable (1 not lsst)"`` from :func:`load_dataset`'s counts."""
+    other = f" ({counts['other_survey']} not {survey})" if counts.get("other_survey") else ""
+    return f"{counts['unlabelled']} unlabelled, {counts['dead']} unusable{other}"
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """The whole ``stampflow train`` job; returns the metadata of the exported model.
 
@@ -818,9 +1004,13 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
         from model.handler import read_metadata
 
         init_meta = read_metadata(args.init_from)  # cheap: refuse conflicts before any work
+    survey = resolve_survey(args.survey, init_meta)
     kernel, crop, feature_names, images_only = resolve_architecture(
-        args.kernel, args.crop, args.features, args.images_only, init_meta
+        args.kernel, args.crop, args.features, args.images_only, init_meta, survey
     )
+    flips = _resolve_flips(args.flips, survey, init_meta)
+    augment = _resolve_augment(args.augment, survey)
+    stamp_size = get_survey(survey).stamp_size
     hp = HParams(
         learning_rate=args.lr,
         beta=args.beta,
@@ -829,15 +1019,18 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
         kernel_size=kernel,
         crop=crop,
         images_only=images_only,
+        flips=flips,
         val_every=args.val_every,
     )
     labels = read_labels(args.labels)
     t0 = time.monotonic()
-    data, counts = load_dataset(args.alerts, labels, feature_names)
+    try:
+        data, counts = load_dataset(args.alerts, labels, feature_names, survey)
+    except ValueError as e:  # nothing to train on (e.g. Rubin alerts without --survey lsst)
+        raise TrainError(f"{e}; --survey {survey}") from e
     log(
-        f"loaded {len(data.labels)} labelled examples from {counts['alerts']} alerts "
-        f"({counts['unlabelled']} unlabelled, {counts['dead']} unusable) "
-        f"in {time.monotonic() - t0:.0f} s"
+        f"loaded {len(data.labels)} labelled {survey} examples from {counts['alerts']} alerts "
+        f"({_count_line(counts, survey)}) in {time.monotonic() - t0:.0f} s"
     )
     tr, va, te = split_by_object(data, args.val_per_class, args.test_per_class, args.seed)
     per_class = {
@@ -862,7 +1055,7 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
             # two dummy rows suffice.
             fit_transform(
                 np.zeros((2, len(feature_names)), np.float32),
-                np.zeros((2, 63, 63, 3), np.float32),
+                np.zeros((2, stamp_size, stamp_size, 3), np.float32),
                 feature_names,
                 transform_dir,
                 hp.crop,
@@ -874,13 +1067,13 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
             seconds = time.monotonic() - t0
             log(f"fitted the tf.Transform graph on {len(tr)} examples in {seconds:.0f} s")
         feature_stats = fixed_stats or probe_feature_stats(
-            lambda f, s: apply_transform(transform_dir, f, s)[0], feature_names
+            lambda f, s: apply_transform(transform_dir, f, s)[0], feature_names, stamp_size
         )
         xf = {}
         for name, idx in (("train", tr), ("val", va)):
             f, s = apply_transform(transform_dir, data.features[idx], data.stamps[idx])
             xf[name] = (f, s, data.labels[idx])
-        augment_config = AUGMENT_PRESETS[args.augment]
+        augment_config = AUGMENT_PRESETS[augment]
         augmentation = None
         if not augment_config.is_identity:
             augmentation = Augmentation(
@@ -890,8 +1083,9 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
                 tr,
                 tuple(feature_names),
                 batch_transform(transform_dir),
+                survey,
             )
-            log(f"augmenting every training batch ({args.augment}: {augment_config})")
+            log(f"augmenting every training batch ({augment}: {augment_config})")
         net, config, history = train_network(
             xf["train"],
             xf["val"],
@@ -934,10 +1128,11 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
             {
                 "hyperparameters": asdict(hp),
                 "training": training,
-                "augmentation": {"preset": args.augment, **augment_config.to_dict()},
+                "augmentation": {"preset": augment, **augment_config.to_dict()},
                 "splits": per_class,
                 "feature_stats": feature_stats,
             },
+            survey=survey,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -969,10 +1164,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument(
-        "--features",
-        choices=sorted(FEATURE_SETS),
+        "--survey",
+        choices=sorted(SURVEY_DEFAULTS),
         default=None,
-        help=f"feature list (default {DEFAULT_FEATURES}, or the --init-from model's)",
+        help=(
+            f"whose alerts the model classifies (default {DEFAULT_SURVEY}, or the --init-from "
+            "model's); lsst: Rubin alerts, labels keyed by diaSourceId in the candid column"
+        ),
+    )
+    parser.add_argument(
+        "--features",
+        choices=sorted({n for sets in SURVEY_FEATURE_SETS.values() for n in sets}),
+        default=None,
+        help=(
+            f"feature list of the survey (default {DEFAULT_FEATURES} for ztf, lsst for lsst, or "
+            "the --init-from model's); lsst takes only lsst"
+        ),
     )
     parser.add_argument(
         "--images-only", action="store_true", default=None, help="no metadata branch"
@@ -986,10 +1193,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--crop",
-        type=int,
-        choices=(21, 41, 63),
+        type=positive_int,
         default=None,
-        help=f"stamp crop (default {DEFAULT_CROP}, or the --init-from model's)",
+        help=(
+            f"stamp centre crop [px]: odd, or the whole stamp; at most the survey's stamp (ztf "
+            f"21|41|63, default {DEFAULT_CROP}; lsst 30, the default; or the --init-from model's)"
+        ),
+    )
+    parser.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "average the network over the 8 rotations and flips of the stamps (exact D4 "
+            "invariance) instead of the 4 rotations; no new weights (default: on for lsst, off "
+            "for ztf, or the --init-from model's)"
+        ),
     )
     parser.add_argument(
         "--init-from",
@@ -1006,11 +1225,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--augment",
         choices=sorted(AUGMENT_PRESETS),
-        default=DEFAULT_AUGMENT,
+        default=None,
         help=(
-            f"per-batch augmentation of the raw training examples (default {DEFAULT_AUGMENT}: "
-            "rotations/flips, PSF mismatch, misregistration, zero point, noise, background, "
-            "saturation; see model/augment.py); none: the unaugmented training"
+            "per-batch augmentation of the raw training examples, see model/augment.py: "
+            f"{DEFAULT_AUGMENT} (ztf's default: rotations/flips, PSF mismatch, misregistration, "
+            "zero point, noise, background, saturation), lsst (lsst's default: the same without "
+            "saturation and rotations/flips), none (the unaugmented training)"
         ),
     )
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -1031,22 +1251,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
-    """``stampflow evaluate``: an exported model on labelled alerts → report.json and pictures."""
-    from model.handler import read_metadata
+    """``stampflow evaluate``: an exported model on labelled alerts → report.json and pictures.
+
+    The alerts are featurised for the model's survey (its metadata's ``survey``: ZTF for models
+    that predate it); another survey's alerts are counted as unusable."""
+    from model.handler import model_survey, read_metadata
     from model.metrics import format_report
     from model.plots import write_report
     from model.remote import check_remote_output, local_output
 
     check_remote_output(args.out, "--out")
     meta = read_metadata(args.model)
-    data, counts = load_dataset(args.alerts, read_labels(args.labels), meta["features"])
+    survey = model_survey(meta)
+    data, counts = load_dataset(args.alerts, read_labels(args.labels), meta["features"], survey)
     probs = evaluate_model(args.model, data.features, data.stamps)
     with local_output(args.out) as out:  # a gs:// --out: written here, then uploaded
         report = write_report(data.labels, probs, out, name=f"{meta['name']} {meta['version']}")
-    print(
-        f"{len(data.labels)} labelled alerts ({counts['unlabelled']} unlabelled, "
-        f"{counts['dead']} unusable)"
-    )
+    print(f"{len(data.labels)} labelled {survey} alerts ({_count_line(counts, survey)})")
     print(format_report(report))
     print(f"report and pictures in {args.out}")
     return report

@@ -6,26 +6,23 @@ import csv
 import gzip
 import io
 import os
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import fastavro
 import numpy as np
 from astropy.io import fits
 
 from simulator.metadata import CLASS_NAMES
+from transforms.schema import STAMP_KINDS
 
-COLUMNS = (
-    ("cutoutScience", "science"),
-    ("cutoutTemplate", "template"),
-    ("cutoutDifference", "difference"),
-)
+COLUMNS = (("science", "science"), ("template", "template"), ("difference", "difference"))
 
 
 def decode_cutout(stamp_data: bytes) -> np.ndarray:
-    """gzip FITS bytes -> float32 image (astropy reader)."""
-    with fits.open(io.BytesIO(gzip.decompress(stamp_data))) as hdul:
+    """FITS bytes (gzip-compressed as ZTF's, or plain as Rubin's) -> float32 image of the first
+    HDU (astropy reader)."""
+    raw = gzip.decompress(stamp_data) if stamp_data[:2] == b"\x1f\x8b" else stamp_data
+    with fits.open(io.BytesIO(raw)) as hdul:
         return np.asarray(hdul[0].data, dtype=np.float32)
 
 
@@ -42,24 +39,14 @@ def scale_stamp(img: np.ndarray, lo: float = 1.0, hi: float = 99.5) -> np.ndarra
     return np.nan_to_num(np.clip(out, 0, 1), nan=0.0)
 
 
-def _iter_alerts(path: Path) -> Iterator[dict]:
-    """Alerts from a directory of .avro files or a ztf_public tar.gz (or a single file)."""
-    if path.is_dir():
-        tars = sorted(path.glob("*.tar.gz"))
-        avros = sorted(path.glob("*.avro"))
-        for t in tars:
-            yield from _iter_alerts(t)
-        for f in avros:
-            with f.open("rb") as fh:
-                yield from fastavro.reader(fh)
-    elif path.name.endswith((".tar.gz", ".tgz", ".tar")):
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(".avro"):
-                    yield from fastavro.reader(tar.extractfile(member))
-    else:
-        with path.open("rb") as fh:
-            yield from fastavro.reader(fh)
+def _iter_alerts(path: Path) -> Iterator[tuple[int, dict[str, bytes | None]]]:
+    """``(candid, {kind: cutout bytes})`` of every alert under ``path``, any survey and container
+    the pipeline reads (ZTF files and archives, Rubin Avro, Parquet, wire format)."""
+    from transforms.sources import decode_paths
+
+    for item in decode_paths([str(path)]):
+        for alert in item.alerts:
+            yield alert.candid, {kind: alert.cutout_bytes(kind) for kind in STAMP_KINDS}
 
 
 def montage(
@@ -67,19 +54,22 @@ def montage(
     labels: str | os.PathLike,
     out: str | os.PathLike,
     per_class: int = 3,
+    by: str = "class",
 ) -> Path:
     """Draw ``per_class`` alerts of each class as rows of science/template/difference stamps.
 
     Parameters
     ----------
     alerts
-        Directory of ``.avro`` files / ``ztf_public_*.tar.gz``, or one such file.
+        Directory or file of alerts in any format ``stampflow run`` reads (ZTF or Rubin).
     labels
         ``labels.csv`` with ``candid`` and ``class`` columns.
     out
         PNG path to write.
     per_class
-        Rows per class.
+        Rows per class (or per subtype).
+    by
+        ``class``: rows grouped by class; ``subtype``: ``per_class`` rows of every subtype.
 
     Returns
     -------
@@ -91,25 +81,35 @@ def montage(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if by not in ("class", "subtype"):
+        raise ValueError(f"by must be 'class' or 'subtype', got {by!r}")
     with open(labels, newline="") as fh:
         label_of = {int(r["candid"]): r for r in csv.DictReader(fh)}
-    chosen: dict[str, list[dict]] = {c: [] for c in CLASS_NAMES}
-    for alert in _iter_alerts(Path(alerts)):
-        row = label_of.get(int(alert["candid"]))
-        if row is None or row.get("defect") or len(chosen[row["class"]]) >= per_class:
+    groups = {c: [] for c in CLASS_NAMES} if by == "class" else {}
+    for r in label_of.values():
+        if by == "subtype" and not r.get("defect"):
+            groups.setdefault((r["class"], r.get("subtype") or ""), [])
+    if by == "subtype":
+        order = sorted(groups, key=lambda k: (CLASS_NAMES.index(k[0]), k[1]))
+        groups = {k: groups[k] for k in order}
+    for candid, cutouts in _iter_alerts(Path(alerts)):
+        row = label_of.get(int(candid))
+        if row is None or row.get("defect"):
             continue
-        chosen[row["class"]].append(alert | {"_label": row})
-        if all(len(v) >= per_class for v in chosen.values()):
+        key = row["class"] if by == "class" else (row["class"], row.get("subtype") or "")
+        if key in groups and len(groups[key]) < per_class:
+            groups[key].append((cutouts, row))
+        if all(len(v) >= per_class for v in groups.values()):
             break
-    rows = [(c, a) for c in CLASS_NAMES for a in chosen[c]]
+    rows = [(row["class"], cutouts, row) for v in groups.values() for cutouts, row in v]
     if not rows:
         raise ValueError(f"no labelled alerts found in {alerts}")
     fig, axes = plt.subplots(len(rows), 3, figsize=(4.2, 1.45 * len(rows)), squeeze=False)
-    for r, (cls, alert) in enumerate(rows):
+    for r, (cls, cutouts, label) in enumerate(rows):
         for col, (key, title) in enumerate(COLUMNS):
             ax = axes[r, col]
             ax.imshow(
-                scale_stamp(decode_cutout(alert[key]["stampData"])),
+                scale_stamp(decode_cutout(cutouts[key])),
                 cmap="gray",
                 origin="lower",
                 interpolation="nearest",
@@ -118,7 +118,7 @@ def montage(
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(title, fontsize=9)
-        sub = alert["_label"].get("subtype") or ""
+        sub = label.get("subtype") or ""
         axes[r, 0].set_ylabel(
             f"{cls}\n{sub}".strip(), fontsize=8, rotation=0, ha="right", va="center"
         )
