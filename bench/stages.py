@@ -59,8 +59,9 @@ def model_macs(config: NetworkConfig = PRODUCTION) -> dict[str, int]:
     """Multiply-accumulates per alert of :func:`model.network.build_network`, by layer.
 
     Convolutions and the first dense layer run on the four 90° rotations of the stamps (batch
-    ×4); the metadata head (dense 2, dense 3, logits) runs once per alert. Biases, ReLU,
-    pooling, batch norm, softmax and the tf.Transform graph are not counted (they are < 0.1%).
+    ×4; ×8 with their mirror images for a ``flips`` network); the metadata head (dense 2, dense 3,
+    logits) runs once per alert. Biases, ReLU, pooling, batch norm, softmax and the tf.Transform
+    graph are not counted (they are < 0.1%).
 
     Parameters
     ----------
@@ -70,9 +71,9 @@ def model_macs(config: NetworkConfig = PRODUCTION) -> dict[str, int]:
     Returns
     -------
     dict
-        ``{layer: MACs per alert}``; rotated layers already include the factor 4.
+        ``{layer: MACs per alert}``; rotated layers already include the factor of the views.
     """
-    k, rotations = config.kernel_size, 4
+    k, rotations = config.kernel_size, config.views  # 4 rotations, or 8 with flips
     side = config.crop + 2 * config.padding - 4 + 1  # 4×4 valid convolution
     half, quarter = side // 2, side // 2 // 2
     macs = {

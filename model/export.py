@@ -128,16 +128,25 @@ def batch_transform(
 
 
 def apply_transform(
-    transform_dir: str, features: np.ndarray, stamps: np.ndarray, batch: int = 512
+    transform_dir: str | Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    features: np.ndarray,
+    stamps: np.ndarray,
+    batch: int = 512,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the fitted transform graph in process, in batches (training and evaluation inputs).
+
+    Parameters
+    ----------
+    transform_dir
+        Output of :func:`fit_transform`, or a :func:`batch_transform` of it already loaded (one
+        load and one trace for every set a training run transforms).
 
     Returns
     -------
     (features_xf, stamps_xf)
         ``[N, F]`` and ``[N, crop, crop, 3]`` float32.
     """
-    transform = batch_transform(transform_dir)
+    transform = batch_transform(transform_dir) if isinstance(transform_dir, str) else transform_dir
     outs = [
         transform(features[i : i + batch], stamps[i : i + batch])
         for i in range(0, len(features), batch)

@@ -1066,12 +1066,14 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
             fit_transform(data.features[tr], data.stamps[tr], feature_names, transform_dir, hp.crop)
             seconds = time.monotonic() - t0
             log(f"fitted the tf.Transform graph on {len(tr)} examples in {seconds:.0f} s")
+        # One loaded transform for every set: each load traces its own tf.function.
+        run_transform = batch_transform(transform_dir)
         feature_stats = fixed_stats or probe_feature_stats(
-            lambda f, s: apply_transform(transform_dir, f, s)[0], feature_names, stamp_size
+            lambda f, s: run_transform(f, s)[0], feature_names, stamp_size
         )
         xf = {}
         for name, idx in (("train", tr), ("val", va)):
-            f, s = apply_transform(transform_dir, data.features[idx], data.stamps[idx])
+            f, s = apply_transform(run_transform, data.features[idx], data.stamps[idx])
             xf[name] = (f, s, data.labels[idx])
         augment_config = AUGMENT_PRESETS[augment]
         augmentation = None
@@ -1082,7 +1084,7 @@ def _train(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
                 data.stamps,
                 tr,
                 tuple(feature_names),
-                batch_transform(transform_dir),
+                run_transform,
                 survey,
             )
             log(f"augmenting every training batch ({augment}: {augment_config})")

@@ -54,6 +54,7 @@ from transforms.sources import ReadError, expand_pattern
 __all__ = [
     "BATCH_RUNNER",
     "DEFAULT_MODEL",
+    "DEFAULT_MODEL_LSST",
     "LOCAL_RUNNERS",
     "NO_TNS_REPORTER",
     "STREAMING_RUNNER",
@@ -72,6 +73,8 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "model" / "default")
+#: The shipped Rubin model (``stampflow-rubin-sim``), used for LSST alerts when no --model is given.
+DEFAULT_MODEL_LSST = str(Path(__file__).resolve().parents[1] / "model" / "default_lsst")
 #: The batch runner when ``--runner`` is not given: in-process, nothing downloaded.
 BATCH_RUNNER = "FnApiRunner"
 #: The streaming runner when ``--runner`` is not given: the Python direct runner, named so it
@@ -375,8 +378,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=str,
         action="append",
         default=None,
-        help="exported model dir (default: the shipped ZTF model); give it once per survey when "
-        "alerts of several arrive (each model's metadata names its survey)",
+        help="exported model dir (default: the shipped models, ZTF's and Rubin's, each for its "
+        "survey's alerts); give it once per survey when alerts of several arrive (each model's "
+        "metadata names its survey)",
     )
     parser.add_argument(
         "--survey",
@@ -703,6 +707,15 @@ def check_registry(url: str) -> str:
     return url.rstrip("/")
 
 
+def default_models(survey: str) -> list[str]:
+    """The shipped models a run uses without ``--model``: the survey's, or both for ``auto``
+    (each alert then goes to its survey's model)."""
+    shipped = {"ztf": DEFAULT_MODEL, "lsst": DEFAULT_MODEL_LSST}
+    if survey in shipped:
+        return [shipped[survey]]
+    return [d for d in shipped.values() if Path(d, "stampflow_model.json").is_file()]
+
+
 def _models(dirs: Sequence[str], survey: str, given: bool) -> list[ModelInfo]:
     """Read the ``--model`` directories and check them against ``--survey``."""
     models = [ModelInfo.read(d) for d in dirs]
@@ -717,7 +730,7 @@ def _models(dirs: Sequence[str], survey: str, given: bool) -> list[ModelInfo]:
         seen[m.survey] = m.directory
     if survey != SURVEY_AUTO:
         if survey not in seen:
-            hint = "" if given else " (no Rubin model ships yet: give --model with one)"
+            hint = "" if given else " (add --model with one)"
             raise OptionsError(
                 f"--survey {survey}: no --model classifies {survey} alerts "
                 f"({', '.join(f'{d} is for {s}' for s, d in seen.items())}){hint}"
@@ -760,7 +773,10 @@ def from_namespace(args: argparse.Namespace, beam_args: Sequence[str] = ()) -> R
             raise OptionsError("--input is required (or --streaming)")
         inputs = check_inputs(args.input)
     schema_dirs = check_schema_dirs(args.schema_dir or ())
-    models = _models(args.model or [DEFAULT_MODEL], args.survey, bool(args.model))
+    # --model-watch follows one model: without --model it starts from the survey's shipped one
+    # (ZTF's for auto, as before a Rubin model shipped).
+    defaults = default_models(args.survey)[:1] if args.model_watch else default_models(args.survey)
+    models = _models(args.model or defaults, args.survey, bool(args.model))
     if len(models) > 1 and args.model_watch:
         raise OptionsError("--model-watch follows one model; give a single --model with it")
     if args.runtime == "onnx":

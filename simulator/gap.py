@@ -2,11 +2,21 @@
 
 Flow: real and simulated alert files are read and decoded as the pipeline does
 (:mod:`transforms.sources`, :mod:`transforms.alerts`, :mod:`transforms.stamps`) into an
-:class:`AlertTable`: every numeric ``candidate`` field, the model features exactly as
-:func:`transforms.features.extract_features` computes them (the 26 of ALeRCE's
-``best_model_so_far``, which hold the 23 production ones), the length of the history in
-``prv_candidates``, and image statistics per cutout kind (:func:`image_statistics`; the stamps
-themselves are not kept). Then:
+:class:`AlertTable` of one survey (:class:`GapProfile`; ``--survey ztf|lsst``, by default the
+real alerts' survey; a set that mixes surveys, or a simulation of another survey, is refused):
+
+- ZTF: every numeric ``candidate`` field, the model features exactly as
+  :func:`transforms.features.extract_features` computes them (the 26 of ALeRCE's
+  ``best_model_so_far``, which hold the 23 production ones), the length of the history in
+  ``prv_candidates``, and image statistics per 63x63 cutout [DN] (:func:`image_statistics`);
+- Rubin (LSST): every numeric or boolean (0/1) ``diaSource`` field, the 23
+  :data:`~transforms.schema.FEATURES_LSST` as :func:`transforms.surveys.lsst.lsst_features`
+  computes them, the lengths of ``prvDiaSources`` and ``prvDiaForcedSources``, and image
+  statistics [nJy] of the 30x30 cube the model sees (:meth:`LSST.stamp_cube
+  <transforms.surveys.base.Survey.stamp_cube>`), with the noise checked against the cutouts'
+  variance plane and the FWHM of their PSF image (``image_statistics(..., survey="lsst")``).
+
+The stamps themselves are not kept. Then:
 
 - real vs simulated distributions per column (:func:`compare_columns`: two-sample KS statistic and
   its asymptotic p-value, medians, 10th/90th percentiles, null and ``-999`` fractions), on the
@@ -14,7 +24,7 @@ themselves are not kept). Then:
 - a cross-validated real-vs-simulated discriminator on features plus image statistics
   (:func:`discriminator_report`: L2 logistic regression on quantile-binned one-hot columns, with the
   AUC of each column alone to show which ones give the simulation away);
-- with ``--reference MODEL``, that model on the simulator's labelled alerts
+- with ``--reference MODEL``, that model (of the same survey) on the simulator's labelled alerts
   (:func:`reference_report`): balanced accuracy, recall per class and per subtype, against the
   goals (>= 0.85 balanced, >= 0.75 for every class and subtype);
 - ``OUT/report.json``, ``OUT/gap_features.png`` and ``OUT/gap_images.png``.
@@ -22,16 +32,25 @@ themselves are not kept). Then:
 Population matching: ``stampflow run`` classifies first detections; the simulator writes alerts
 across each class's history (about half are first detections) and most real alerts at hand are
 repeat detections with long histories. An alert is a
-*first detection* here by the production rule (:func:`transforms.rules.history_skip_reason`): no
-earlier detection in its ``prv_candidates``. The comparison and the discriminator use the first
-detections of both sets when the real set holds at least :data:`MIN_MATCHED` of them (else
-everything, and the report says so); the report also gives the all-alerts comparison and the
-population counts (``population``).
+*first detection* here by the production rule (:func:`transforms.rules.history_skip_reason` for
+ZTF, :meth:`Alert.earlier_detection <transforms.alerts.Alert.earlier_detection>` for Rubin): no
+earlier detection in its ``prv_candidates`` / ``prvDiaSources``. The comparison and the
+discriminator use the first detections of both sets when each holds at least the survey's
+:attr:`GapProfile.min_matched` of them (:data:`MIN_MATCHED` for ZTF, :data:`MIN_MATCHED_LSST` for
+Rubin; else everything, and the report says so); the report also gives the all-alerts comparison
+and the population counts (``population``).
+
+Files found in a ``sample_data`` directory while walking a ``--real`` directory are skipped (and
+counted): lsst-alert-packet ships made-up packets there. Name such a file or directory itself to
+read it.
 
 Run::
 
     stampflow simulate --n 3000 --out sim --seed 5
     stampflow gap --sim sim --real ../shared/data/ztf_alerts --out gap/ [--reference models/alerce]
+    stampflow simulate --survey lsst --n 3000 --first-detections --out sim_lsst \\
+        --schema-dir ../shared/data/rubin_alerts/lsst-alert-packet-30.2026.2700_pypi
+    stampflow gap --sim sim_lsst --real ../shared/data/rubin_alerts --out gap_lsst/
 """
 
 from __future__ import annotations
@@ -56,6 +75,8 @@ from pipeline.argtypes import positive_int
 from transforms.schema import (
     CLASS_NAMES,
     FEATURES_ALERCE_26,
+    FEATURES_LSST,
+    LSST_STAMP_SIZE,
     STAMP_KINDS,
     STAMP_SIZE,
 )
@@ -63,20 +84,30 @@ from transforms.schema import (
 __all__ = [
     "IMAGE_COLUMNS",
     "IMAGE_STATS",
+    "LSST_IMAGE_COLUMNS",
+    "LSST_IMAGE_STATS",
     "MIN_MATCHED",
+    "MIN_MATCHED_LSST",
     "POSITION_COLUMNS",
+    "PROFILES",
+    "SURVEY_CHOICES",
     "AlertTable",
     "GapError",
+    "GapProfile",
+    "SurveyMismatchError",
     "auc",
     "build_report",
     "compare_columns",
+    "compared_populations",
     "discriminator_auc",
     "discriminator_report",
+    "fits_images",
     "image_statistics",
     "ks_pvalue",
     "ks_statistic",
     "load_alert_table",
     "plot_histograms",
+    "psf_image_fwhm",
     "read_sim_labels",
     "reference_accuracy",
     "reference_report",
@@ -166,6 +197,8 @@ KEY_RAW_FIELDS: Final[tuple[str, ...]] = (
 MIN_MATCHED: Final[int] = 20
 #: Width of the border frame whose pixels give background and noise [pixel].
 BORDER: Final[int] = 8
+#: Difference of null fractions (real - simulated) listed in the report's ``null_gaps``.
+NULL_GAP: Final[float] = 0.1
 #: Goals of the reference model on simulated alerts.
 GOALS: Final[dict[str, float]] = {
     "balanced_accuracy": 0.85,
@@ -182,6 +215,200 @@ class GapError(ValueError):
     """A user mistake (missing input, nothing matched, unwritable output): one line, exit 2."""
 
 
+class SurveyMismatchError(GapError):
+    """An alert of another survey than the one being compared (sets are one survey each).
+
+    Parameters
+    ----------
+    source
+        Where the alert came from.
+    found
+        Its survey.
+    expected
+        The survey of the table being read.
+    """
+
+    def __init__(self, source: str, found: str, expected: str) -> None:
+        super().__init__(f"{source} is a {found} alert, not {expected}")
+        self.source = source
+        self.found = found
+        self.expected = expected
+
+
+# --- Rubin (LSST) ---------------------------------------------------------------------------------
+#: Image statistics per Rubin cutout kind, on the 30x30 cube the model sees
+#: (``image_statistics(..., survey="lsst")``).
+LSST_IMAGE_STATS: Final[tuple[str, ...]] = (
+    "background",  # [nJy] median of the border pixels (the cutouts are background-subtracted)
+    "noise",  # [nJy] 1.4826 * MAD of the border pixels
+    "noise_to_variance",  # noise / sqrt(median variance plane over the border); 1 when consistent
+    "peak_snr",  # (max of the central 5x5 - background) / noise
+    "centre_fraction",  # sum(central 5x5 - background) / sum(|pixel - background|), in [-1, 1]
+    "negative_fraction",  # fraction of the pixels below background - 3 noise
+    "fwhm",  # [pixel] adaptive second-moment FWHM of the central source (0.2"/px)
+    "psf_fwhm",  # [pixel] the same of the cutout's PSF image (its third HDU)
+    "nan_fraction",  # fraction of NaN pixels of the cutout as sent
+)
+#: Every Rubin image-statistic column, ``{kind}_{stat}`` then :data:`NOISE_RATIO`.
+LSST_IMAGE_COLUMNS: Final[tuple[str, ...]] = (
+    *(f"{kind}_{stat}" for kind in STAMP_KINDS for stat in LSST_IMAGE_STATS),
+    NOISE_RATIO,
+)
+#: History columns of a Rubin alert: ``len(prvDiaSources)``, ``len(prvDiaForcedSources)``.
+LSST_HISTORY_COLUMNS: Final[tuple[str, ...]] = ("n_prv_dia_sources", "n_prv_dia_forced_sources")
+#: Fewest first detections (on each side) for a Rubin comparison on the matched population. Lower
+#: than ZTF's: the real Rubin alerts at hand hold 24 first detections, and their 12 repeat
+#: detections (bright AGN and variables with 140-1,067 earlier detections, g and i) are a
+#: population the first-detection simulation does not attempt, so comparing on everything would
+#: measure that; with 10 real values only gross shifts are significant (KS > ~0.43 at 5%).
+MIN_MATCHED_LSST: Final[int] = 10
+#: Border frame of a Rubin cube [pixel]: its pixels are >= 10 px (2.7 sigma of the broadest PSF
+#: seen, FWHM 8.7 px) from the centre of the 30x30 cube.
+LSST_BORDER: Final[int] = 5
+#: Rubin fields that are positions on the sky or the detector (compared, not ranked).
+LSST_UNRANKED_COLUMNS: Final[frozenset[str]] = frozenset(
+    {*POSITION_COLUMNS, "x", "y", "trailRa", "trailDec"}
+)
+#: ``diaSource`` fields that are identifiers, times or bookkeeping.
+LSST_NON_MEASUREMENT_FIELDS: Final[frozenset[str]] = frozenset(
+    {
+        "diaSourceId",
+        "diaObjectId",
+        "ssObjectId",
+        "parentDiaSourceId",
+        "visit",
+        "detector",
+        "midpointMjdTai",
+        "timeProcessedMjdTai",
+        "timeWithdrawnMjdTai",
+    }
+)
+#: Raw ``diaSource`` fields drawn in ``gap_features.png`` after the features (when present).
+LSST_KEY_RAW_FIELDS: Final[tuple[str, ...]] = (
+    "psfFlux",
+    "psfFluxErr",
+    "apFlux",
+    "apFluxErr",
+    "scienceFlux",
+    "scienceFluxErr",
+    "templateFlux",
+    "templateFluxErr",
+    "psfChi2",
+    "psfNdata",
+    "bboxSize",
+    "ixx",
+    "iyy",
+    "ixy",
+    "ixxPSF",
+    "iyyPSF",
+    "trailLength",
+    "trailFlux",
+    "dipoleChi2",
+    "raErr",
+    "decErr",
+)
+#: ``--survey`` values: ``auto`` is the real alerts' survey.
+SURVEY_CHOICES: Final[tuple[str, ...]] = ("auto", "ztf", "lsst")
+#: Directory name whose files a walk of a ``--real`` directory skips (lsst-alert-packet's
+#: made-up sample packets live in ``schema/M/m/sample_data/``).
+SAMPLE_DATA_DIR: Final[str] = "sample_data"
+
+
+@dataclass(frozen=True)
+class GapProfile:
+    """What the gap report compares for one survey.
+
+    Attributes
+    ----------
+    survey
+        ``ztf`` or ``lsst``.
+    features
+        Feature columns (model features as the pipeline computes them).
+    image_stats, image_columns
+        Statistics per cutout kind and every image column (``{kind}_{stat}``, then
+        :data:`NOISE_RATIO`).
+    history_columns
+        History-length columns; the first counts earlier detections.
+    border
+        Width of the border frame giving background and noise [pixel].
+    min_matched
+        Fewest first detections on each side for the matched comparison.
+    unranked
+        Compared columns left out of ``worst`` (positions).
+    non_measurement
+        Detection fields that are ids, times or bookkeeping (not ranked, not plotted).
+    key_raw_fields
+        Detection fields drawn after the features.
+    source_name, history_name, ndet_name
+        How the survey names the detection record, its history and its detection count (for
+        the notes).
+    pixel_unit
+        Unit of the cutout pixels.
+    min_ranked
+        Fewest finite values on each side for a column to be ranked in ``worst`` (Rubin's
+        dipole-fit fields are null in most alerts: a KS of 4 values says little).
+    band_column
+        A feature naming the band: when set, the simulated alerts compared are those in the
+        bands of the real ones (see :func:`compared_populations`); None: no band matching.
+    """
+
+    survey: str
+    features: tuple[str, ...]
+    image_stats: tuple[str, ...]
+    image_columns: tuple[str, ...]
+    history_columns: tuple[str, ...]
+    border: int
+    min_matched: int
+    unranked: frozenset[str]
+    non_measurement: frozenset[str]
+    key_raw_fields: tuple[str, ...]
+    source_name: str
+    history_name: str
+    ndet_name: str
+    pixel_unit: str
+    min_ranked: int = 1
+    band_column: str | None = None
+
+
+#: The profile of each survey.
+PROFILES: Final[dict[str, GapProfile]] = {
+    "ztf": GapProfile(
+        survey="ztf",
+        features=REPORT_FEATURES,
+        image_stats=IMAGE_STATS,
+        image_columns=IMAGE_COLUMNS,
+        history_columns=HISTORY_COLUMNS,
+        border=BORDER,
+        min_matched=MIN_MATCHED,
+        unranked=UNRANKED_POSITION_COLUMNS,
+        non_measurement=NON_MEASUREMENT_FIELDS,
+        key_raw_fields=KEY_RAW_FIELDS,
+        source_name="candidate",
+        history_name="prv_candidates",
+        ndet_name="ndethist",
+        pixel_unit="DN",
+    ),
+    "lsst": GapProfile(
+        survey="lsst",
+        features=FEATURES_LSST,
+        image_stats=LSST_IMAGE_STATS,
+        image_columns=LSST_IMAGE_COLUMNS,
+        history_columns=LSST_HISTORY_COLUMNS,
+        border=LSST_BORDER,
+        min_matched=MIN_MATCHED_LSST,
+        unranked=LSST_UNRANKED_COLUMNS,
+        non_measurement=LSST_NON_MEASUREMENT_FIELDS,
+        key_raw_fields=LSST_KEY_RAW_FIELDS,
+        source_name="diaSource",
+        history_name="prvDiaSources",
+        ndet_name="nDiaSources",
+        pixel_unit="nJy",
+        min_ranked=MIN_MATCHED_LSST,
+        band_column="band_wavelength",
+    ),
+}
+
+
 @dataclass
 class AlertTable:
     """Columns of a set of alerts (one row per decoded alert).
@@ -191,22 +418,27 @@ class AlertTable:
     candid, object_id
         Identifiers, ``int64 [N]`` and ``object [N]``.
     candidate
-        Every numeric candidate field seen, ``float64 [N]`` (None, absent or non-finite -> NaN).
+        Every numeric field of the detection (ZTF ``candidate``; Rubin ``diaSource``, booleans
+        as 0/1), ``float64 [N]`` (None, absent or non-finite -> NaN).
     features
-        :data:`REPORT_FEATURES` as the pipeline computes them (imputed, unclipped); rows whose
-        required fields are missing are NaN.
+        The profile's features (:data:`REPORT_FEATURES`, :data:`~transforms.schema.FEATURES_LSST`)
+        as the pipeline computes them (imputed, unclipped); rows whose required fields are
+        missing are NaN.
     history
-        :data:`HISTORY_COLUMNS`: detections (entries with a ``candid``) and upper limits in
-        ``prv_candidates`` before this alert.
+        ZTF :data:`HISTORY_COLUMNS`: detections (entries with a ``candid``) and upper limits in
+        ``prv_candidates`` before this alert; Rubin :data:`LSST_HISTORY_COLUMNS`.
     images
-        :data:`IMAGE_COLUMNS`; NaN for alerts whose stamps do not decode.
+        The profile's image columns; NaN for alerts whose stamps do not decode.
     first
-        ``bool [N]``: a first detection (no earlier detection in ``prv_candidates``).
+        ``bool [N]``: a first detection (no earlier detection in its history).
     schema_versions
-        ``schemavsn`` -> count.
+        ``schemavsn`` (Rubin: Fink's ``lsst_schema_version``, ``""`` for raw packets) -> count.
     counts
         ``alerts``, ``read_errors``, ``decode_errors``, ``stamp_errors``, ``padded_stamps``,
-        ``feature_errors``.
+        ``feature_errors``; ``skipped_sample_data`` for a real set; Rubin also
+        ``plane_errors`` (a variance or PSF HDU that could not be read).
+    survey
+        ``ztf`` or ``lsst`` (:data:`PROFILES`).
     """
 
     candid: np.ndarray
@@ -218,6 +450,12 @@ class AlertTable:
     first: np.ndarray
     schema_versions: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    survey: str = "ztf"
+
+    @property
+    def profile(self) -> GapProfile:
+        """The survey's :class:`GapProfile`."""
+        return PROFILES[self.survey]
 
     def __len__(self) -> int:
         return int(self.candid.size)
@@ -238,6 +476,7 @@ class AlertTable:
             first=self.first[mask],
             schema_versions=dict(self.schema_versions),
             counts=dict(self.counts),
+            survey=self.survey,
         )
 
     def columns(self) -> dict[str, np.ndarray]:
@@ -289,33 +528,54 @@ def _adaptive_fwhm(
     return np.where(flux > 0, fwhm, np.nan)
 
 
-def image_statistics(stamps: np.ndarray) -> dict[str, np.ndarray]:
+def image_statistics(
+    stamps: np.ndarray,
+    survey: str = "ztf",
+    variance: np.ndarray | None = None,
+    psf_fwhm: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Statistics of each cutout kind, vectorised over alerts.
 
     Parameters
     ----------
     stamps
         ``[N, H, W, 3]`` raw stamps in :data:`~transforms.schema.STAMP_KINDS` channel order
-        (science, template, difference), normally 63x63; NaN allowed.
+        (science, template, difference): ZTF's normally 63x63 [DN], Rubin's the 30x30 cube the
+        model sees [nJy]; NaN allowed.
+    survey
+        ``"ztf"`` (:data:`IMAGE_COLUMNS`) or ``"lsst"`` (:data:`LSST_IMAGE_COLUMNS`).
+    variance
+        Rubin only: ``[N, H, W, 3]`` the cutouts' variance planes [nJy^2], cropped as ``stamps``
+        (None or NaN: ``noise_to_variance`` is NaN).
+    psf_fwhm
+        Rubin only: ``[N, 3]`` FWHM of each cutout's PSF image [pixel]
+        (:func:`psf_image_fwhm`; None: NaN).
 
     Returns
     -------
     dict
-        :data:`IMAGE_COLUMNS` -> ``float64 [N]``: per kind ``background`` (median of the pixels in
+        Image column -> ``float64 [N]``. ZTF, per kind: ``background`` (median of the pixels in
         the outer :data:`BORDER`-pixel frame), ``noise`` (1.4826 * MAD of those pixels),
         ``peak_snr`` ((max of the central 5x5 - background) / noise), ``fwhm`` (adaptive
         second-moment FWHM of the central source, see :func:`_adaptive_fwhm`) and
-        ``nan_fraction``; and ``template_to_science_noise``. A statistic that cannot be computed
-        (all-NaN border, zero noise) is NaN.
+        ``nan_fraction``; and ``template_to_science_noise``. Rubin: the same on a
+        :data:`LSST_BORDER`-pixel frame, plus ``noise_to_variance``, ``centre_fraction``,
+        ``negative_fraction`` and ``psf_fwhm`` (see :data:`LSST_IMAGE_STATS`). A statistic that
+        cannot be computed (all-NaN border, zero noise) is NaN.
 
     Raises
     ------
     ValueError
-        If ``stamps`` is not ``[N, H, W, 3]``.
+        If ``stamps`` is not ``[N, H, W, 3]``, ``variance`` not its shape, ``psf_fwhm`` not
+        ``[N, 3]`` or ``survey`` unknown.
     """
     stamps = np.asarray(stamps, dtype=np.float32)
     if stamps.ndim != 4 or stamps.shape[-1] != len(STAMP_KINDS):
         raise ValueError(f"stamps must be [N, H, W, {len(STAMP_KINDS)}], got {stamps.shape}")
+    if survey == "lsst":
+        return _lsst_image_statistics(stamps, variance, psf_fwhm)
+    if survey != "ztf":
+        raise ValueError(f"survey must be ztf or lsst, got {survey!r}")
     n, rows, cols, _ = stamps.shape
     border = _border_mask(rows, cols)
     cy, cx = rows // 2, cols // 2
@@ -346,16 +606,200 @@ def image_statistics(stamps: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def _lsst_image_statistics(
+    stamps: np.ndarray, variance: np.ndarray | None, psf_fwhm: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """:func:`image_statistics` of Rubin cubes (``stamps`` already checked)."""
+    n, rows, cols, k = stamps.shape
+    if variance is not None:
+        variance = np.asarray(variance, dtype=np.float64)
+        if variance.shape != stamps.shape:
+            raise ValueError(f"variance must be {stamps.shape}, got {variance.shape}")
+    if psf_fwhm is not None:
+        psf_fwhm = np.asarray(psf_fwhm, dtype=np.float64)
+        if psf_fwhm.shape != (n, k):
+            raise ValueError(f"psf_fwhm must be [{n}, {k}], got {psf_fwhm.shape}")
+    border = _border_mask(rows, cols, PROFILES["lsst"].border)
+    cy, cx = rows // 2, cols // 2
+    out: dict[str, np.ndarray] = {}
+    if n == 0:
+        return {name: np.zeros(0) for name in LSST_IMAGE_COLUMNS}
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN stamps: NaN statistics
+        for c, kind in enumerate(STAMP_KINDS):
+            img = stamps[..., c].astype(np.float64)
+            ring = img[:, border]
+            bkg = np.nanmedian(ring, axis=1)
+            noise = _MAD_TO_SIGMA * np.nanmedian(np.abs(ring - bkg[:, None]), axis=1)
+            noise = np.where(noise > 0, noise, np.nan)
+            if variance is not None:
+                var = np.nanmedian(variance[..., c][:, border], axis=1)
+                ratio = noise / np.sqrt(np.where(var > 0, var, np.nan))
+            else:
+                ratio = np.full(n, np.nan)
+            resid = img - bkg[:, None, None]
+            core = resid[:, cy - 2 : cy + 3, cx - 2 : cx + 3].reshape(n, -1)
+            total = np.nansum(np.abs(resid).reshape(n, -1), axis=1)
+            finite = np.isfinite(img).reshape(n, -1).sum(axis=1)
+            below = (resid < -3.0 * noise[:, None, None]).reshape(n, -1).sum(axis=1)
+            out[f"{kind}_background"] = bkg
+            out[f"{kind}_noise"] = noise
+            out[f"{kind}_noise_to_variance"] = ratio
+            out[f"{kind}_peak_snr"] = np.nanmax(core, axis=1) / noise
+            out[f"{kind}_centre_fraction"] = np.where(
+                total > 0, np.nansum(core, axis=1) / np.where(total > 0, total, 1.0), np.nan
+            )
+            out[f"{kind}_negative_fraction"] = np.where(
+                np.isfinite(noise) & (finite > 0), below / np.maximum(finite, 1), np.nan
+            )
+            out[f"{kind}_fwhm"] = np.where(
+                np.isfinite(bkg),
+                _adaptive_fwhm(img, np.nan_to_num(bkg), half=10, max_sigma=8.0),
+                np.nan,
+            )
+            out[f"{kind}_psf_fwhm"] = psf_fwhm[:, c] if psf_fwhm is not None else np.full(n, np.nan)
+            out[f"{kind}_nan_fraction"] = np.isnan(img).reshape(n, -1).mean(axis=1)
+        out[NOISE_RATIO] = out["template_noise"] / out["science_noise"]
+    return {name: out[name] for name in LSST_IMAGE_COLUMNS}
+
+
+def psf_image_fwhm(psfs: Sequence[np.ndarray | None]) -> np.ndarray:
+    """Adaptive second-moment FWHM of PSF images (Rubin's third cutout HDU) [pixel].
+
+    Parameters
+    ----------
+    psfs
+        PSF images of any (odd or even) sizes, the PSF centred; None for a missing one.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float64 [len(psfs)]``; NaN for a missing or empty image. Images of one shape are
+        measured together (:func:`_adaptive_fwhm` with no background: the PSF is a noiseless
+        model).
+
+    Examples
+    --------
+    >>> y, x = np.mgrid[:41, :41] - 20.0
+    >>> g = np.exp(-(x**2 + y**2) / (2 * 2.0**2))
+    >>> [round(float(v), 2) for v in psf_image_fwhm([g / g.sum(), None])]
+    [4.71, nan]
+    """
+    out = np.full(len(psfs), np.nan)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(psfs):
+        if p is not None and p.ndim == 2 and p.size:
+            by_shape.setdefault(p.shape, []).append(i)
+    for shape, idx in by_shape.items():
+        images = np.stack([psfs[i] for i in idx]).astype(np.float64)
+        half = min(shape) // 2
+        out[idx] = _adaptive_fwhm(images, np.zeros(len(idx)), half=half, max_sigma=10.0)
+    return out
+
+
+# --- Rubin cutout planes --------------------------------------------------------------------------
+_FITS_BLOCK: Final[int] = 2880
+_FITS_CARD: Final[int] = 80
+_FITS_DTYPES: Final[dict[int, str]] = {
+    8: ">u1",
+    16: ">i2",
+    32: ">i4",
+    64: ">i8",
+    -32: ">f4",
+    -64: ">f8",
+}
+
+
+def fits_images(buf: bytes, max_hdus: int = 8) -> list[np.ndarray | None]:
+    """The 2-D images of every HDU of an uncompressed FITS file (Rubin cutouts), in order.
+
+    Parameters
+    ----------
+    buf
+        The FITS bytes (primary HDU, then ``XTENSION = 'IMAGE'`` HDUs).
+    max_hdus
+        Stop after this many HDUs.
+
+    Returns
+    -------
+    list
+        ``float64 (NAXIS2, NAXIS1)`` per HDU (BSCALE/BZERO applied), None for one without a
+        2-D image. Reading stops silently at the end of the data.
+
+    Raises
+    ------
+    ValueError
+        On a header without END, an unknown BITPIX, missing or bad axis lengths, or data
+        shorter than the header says.
+    """
+    out: list[np.ndarray | None] = []
+    pos = 0
+    while pos + _FITS_BLOCK <= len(buf) and len(out) < max_hdus:
+        cards: dict[str, str] = {}
+        start = None
+        for card_pos in range(pos, len(buf) - _FITS_CARD + 1, _FITS_CARD):
+            card = buf[card_pos : card_pos + _FITS_CARD].decode("ascii", "replace")
+            key = card[:8].rstrip()
+            if key == "END":
+                start = pos + -(-(card_pos + _FITS_CARD - pos) // _FITS_BLOCK) * _FITS_BLOCK
+                break
+            if card[8:10] == "= " and key not in cards:
+                cards[key] = card[10:].split("/", 1)[0].strip()
+        if start is None:
+            raise ValueError(f"FITS header at byte {pos} has no END card")
+        bitpix = int(cards.get("BITPIX", "0"))
+        if bitpix not in _FITS_DTYPES:
+            raise ValueError(f"FITS BITPIX {bitpix} at byte {pos}")
+        naxis = int(cards.get("NAXIS", "0"))
+        try:
+            dims = [int(cards[f"NAXIS{i}"]) for i in range(1, naxis + 1)]
+        except KeyError as e:
+            raise ValueError(f"FITS header at byte {pos} lacks {e.args[0]}") from e
+        if any(d < 0 for d in dims):
+            raise ValueError(f"FITS header at byte {pos}: negative axis length {dims}")
+        count = math.prod(dims) if naxis else 0
+        nbytes = count * abs(bitpix) // 8
+        if start + nbytes > len(buf):
+            raise ValueError(f"FITS data at byte {start} needs {nbytes} B, {len(buf) - start} left")
+        image = None
+        if naxis == 2 and count:
+            data = np.frombuffer(buf, _FITS_DTYPES[bitpix], count=count, offset=start)
+            image = data.reshape(dims[1], dims[0]).astype(np.float64)
+            bscale = float(cards.get("BSCALE", "1") or 1)
+            bzero = float(cards.get("BZERO", "0") or 0)
+            if bscale != 1.0 or bzero != 0.0:
+                image = image * bscale + bzero
+        out.append(image)
+        pos = start + -(-nbytes // _FITS_BLOCK) * _FITS_BLOCK
+    return out
+
+
 # --- reading alerts -------------------------------------------------------------------------------
-def _iter_alerts(paths: Sequence[str], counts: dict[str, int]) -> Iterator[Any]:
-    """Decoded alerts under ``paths``; read/decode problems are counted, unmatched paths raise."""
+def _in_sample_data(path: str, root: str) -> bool:
+    """True when ``path`` lies in a :data:`SAMPLE_DATA_DIR` directory below ``root``."""
+    return SAMPLE_DATA_DIR in Path(os.path.relpath(path, root)).parts[:-1]
+
+
+def _iter_alerts(
+    paths: Sequence[str], counts: dict[str, int], skip_sample_data: bool = False
+) -> Iterator[Any]:
+    """Decoded alerts under ``paths``; read/decode problems are counted, unmatched paths raise.
+
+    With ``skip_sample_data``, alerts of files in a :data:`SAMPLE_DATA_DIR` directory below a
+    local directory given in ``paths`` are left out and counted as ``skipped_sample_data``.
+    """
     from transforms.sources import NoInputError, decode_paths
 
     try:
-        for item in decode_paths(paths):
-            counts["read_errors"] += item.read_error is not None
-            counts["decode_errors"] += item.decode_error is not None
-            yield from item.alerts
+        for pattern in map(str, paths):
+            walk = skip_sample_data and "://" not in pattern and os.path.isdir(pattern)
+            for item in decode_paths([pattern]):
+                if walk and _in_sample_data(item.path, pattern):
+                    counts["skipped_sample_data"] += len(item.alerts)
+                    continue
+                counts["read_errors"] += item.read_error is not None
+                counts["decode_errors"] += item.decode_error is not None
+                yield from item.alerts
     except NoInputError as e:
         raise GapError(f"{e.pattern}: {e.reason}") from e
 
@@ -377,7 +821,215 @@ def _history_counts(alert: Any) -> tuple[int, int, bool]:
     return detections, limits, detections == 0
 
 
-def load_alert_table(paths: Sequence[str], max_alerts: int | None = None) -> AlertTable:
+def _column_dict(rows: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
+    """Rows of ``name -> value`` as columns, NaN where absent or not finite."""
+    names = sorted({k for row in rows for k in row})
+    columns = {k: np.array([row.get(k, np.nan) for row in rows], dtype=np.float64) for k in names}
+    for col in columns.values():
+        col[~np.isfinite(col)] = np.nan
+    return columns
+
+
+def _feature_columns(batch: Any, counts: dict[str, int]) -> dict[str, np.ndarray]:
+    """A :class:`~transforms.features.FeatureBatch` as columns, invalid rows NaN."""
+    counts["feature_errors"] = int((~batch.valid).sum())
+    values = batch.values.astype(np.float64)
+    values[~batch.valid] = np.nan
+    return {name: values[:, j].copy() for j, name in enumerate(batch.feature_names)}
+
+
+class _ZtfRows:
+    """Columns of ZTF alerts, one :meth:`add` per alert (image statistics in batches)."""
+
+    survey = "ztf"
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+        self.cand_rows: list[dict[str, float]] = []
+        self.candidates: list[dict[str, Any]] = []
+        self.hist: list[tuple[int, int, bool]] = []
+        self.image_cols: dict[str, list[np.ndarray]] = {c: [] for c in IMAGE_COLUMNS}
+        self.cubes: list[np.ndarray] = []
+        self.nan_fracs: list[list[float]] = []
+
+    def add(self, alert: Any) -> None:
+        from transforms.features import stack_stamps
+        from transforms.stamps import StampError, decode_stamps
+
+        cand = alert.candidate
+        self.candidates.append(cand)
+        self.cand_rows.append({k: float(v) for k, v in cand.items() if _is_number(v)})
+        self.hist.append(_history_counts(alert))
+        try:
+            images = decode_stamps({kind: alert.cutout_bytes(kind) for kind in STAMP_KINDS})
+            cube, padded = stack_stamps(images, "pad", xpos=cand.get("xpos"), ypos=cand.get("ypos"))
+        except StampError:
+            self.counts["stamp_errors"] += 1
+            cube = np.full((STAMP_SIZE, STAMP_SIZE, len(STAMP_KINDS)), np.nan, np.float32)
+            padded, images = False, {}
+        self.counts["padded_stamps"] += padded
+        self.cubes.append(cube)
+        self.nan_fracs.append(
+            [float(np.isnan(images[k]).mean()) if k in images else np.nan for k in STAMP_KINDS]
+        )
+        if len(self.cubes) >= 512:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.cubes:
+            return
+        stats = image_statistics(np.stack(self.cubes))
+        nan = np.asarray(self.nan_fracs, dtype=np.float64)
+        for c, kind in enumerate(STAMP_KINDS):
+            stats[f"{kind}_nan_fraction"] = nan[:, c]
+        for name in IMAGE_COLUMNS:
+            self.image_cols[name].append(stats[name])
+        self.cubes.clear()
+        self.nan_fracs.clear()
+
+    def columns(self) -> dict[str, Any]:
+        """``candidate``, ``features``, ``history``, ``images`` and ``first`` of the rows."""
+        from transforms.features import extract_features
+
+        self.flush()
+        n = len(self.cand_rows)
+        h = np.asarray(self.hist, dtype=np.int64).reshape(n, 3)
+        return {
+            "candidate": _column_dict(self.cand_rows),
+            "features": _feature_columns(
+                extract_features(self.candidates, REPORT_FEATURES), self.counts
+            ),
+            "history": {
+                "n_prev_detections": h[:, 0].astype(np.float64),
+                "n_prev_nondetections": h[:, 1].astype(np.float64),
+            },
+            "images": {k: np.concatenate(v) for k, v in self.image_cols.items()},
+            "first": h[:, 2].astype(bool),
+        }
+
+
+class _LsstRows:
+    """Columns of Rubin alerts: ``diaSource`` fields (booleans 0/1), the LSST features, history
+    lengths, and image statistics of the model's cube with the cutouts' variance and PSF HDUs."""
+
+    survey = "lsst"
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+        counts.setdefault("plane_errors", 0)
+        self.src_rows: list[dict[str, float]] = []
+        self.sources: list[dict[str, Any]] = []
+        self.hist: list[tuple[int, int, bool]] = []
+        self.image_cols: dict[str, list[np.ndarray]] = {c: [] for c in LSST_IMAGE_COLUMNS}
+        self.cubes: list[np.ndarray] = []
+        self.variances: list[np.ndarray] = []
+        self.psfs: list[list[np.ndarray | None]] = []
+        self.nan_fracs: list[list[float]] = []
+
+    def _planes(self, alert: Any) -> tuple[np.ndarray, list[np.ndarray | None], list[float]]:
+        """Variance cube (cropped as the model's cube), PSF images and NaN fractions per kind."""
+        from transforms.stamps import StampError, inflate
+        from transforms.surveys.lsst import centre_stamp
+
+        size = LSST_STAMP_SIZE
+        var = np.full((size, size, len(STAMP_KINDS)), np.nan, np.float32)
+        psfs: list[np.ndarray | None] = []
+        nan: list[float] = []
+        failed = False
+        for c, kind in enumerate(STAMP_KINDS):
+            data = alert.cutout_bytes(kind)
+            try:
+                hdus = fits_images(inflate(data)) if data else []
+            except (StampError, ValueError):
+                hdus = []
+            image = hdus[0] if hdus else None
+            nan.append(float(np.isnan(image).mean()) if image is not None else np.nan)
+            # Rubin's cutout HDUs: image [nJy], variance [nJy^2], PSF (unit sum).
+            if len(hdus) > 1 and hdus[1] is not None:
+                try:
+                    var[:, :, c] = centre_stamp(hdus[1], size, "pad", kind)[0]
+                except StampError:
+                    failed = True
+            else:
+                failed = True
+            psf = hdus[2] if len(hdus) > 2 else None
+            failed |= psf is None
+            psfs.append(psf)
+        self.counts["plane_errors"] += failed
+        return var, psfs, nan
+
+    def add(self, alert: Any) -> None:
+        from transforms.stamps import StampError
+
+        record = alert.record
+        src = alert.candidate
+        self.sources.append(src)
+        self.src_rows.append({k: float(v) for k, v in src.items() if isinstance(v, int | float)})
+        self.hist.append(
+            (
+                len(record.get("prvDiaSources") or ()),
+                len(record.get("prvDiaForcedSources") or ()),
+                not alert.earlier_detection,
+            )
+        )
+        try:
+            cube, padded = alert.survey.stamp_cube(record, "pad")
+        except StampError:
+            self.counts["stamp_errors"] += 1
+            size = LSST_STAMP_SIZE
+            cube, padded = np.full((size, size, len(STAMP_KINDS)), np.nan, np.float32), False
+        self.counts["padded_stamps"] += padded
+        var, psfs, nan = self._planes(alert)
+        self.cubes.append(cube)
+        self.variances.append(var)
+        self.psfs.append(psfs)
+        self.nan_fracs.append(nan)
+        if len(self.cubes) >= 512:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.cubes:
+            return
+        n, k = len(self.cubes), len(STAMP_KINDS)
+        fwhm = psf_image_fwhm([p for row in self.psfs for p in row]).reshape(n, k)
+        stats = image_statistics(
+            np.stack(self.cubes), "lsst", variance=np.stack(self.variances), psf_fwhm=fwhm
+        )
+        nan = np.asarray(self.nan_fracs, dtype=np.float64)
+        for c, kind in enumerate(STAMP_KINDS):
+            stats[f"{kind}_nan_fraction"] = nan[:, c]
+        for name in LSST_IMAGE_COLUMNS:
+            self.image_cols[name].append(stats[name])
+        for buffer in (self.cubes, self.variances, self.psfs, self.nan_fracs):
+            buffer.clear()
+
+    def columns(self) -> dict[str, Any]:
+        """``candidate``, ``features``, ``history``, ``images`` and ``first`` of the rows."""
+        from transforms.surveys.lsst import lsst_features
+
+        self.flush()
+        n = len(self.src_rows)
+        h = np.asarray(self.hist, dtype=np.int64).reshape(n, 3)
+        return {
+            "candidate": _column_dict(self.src_rows),
+            "features": _feature_columns(lsst_features(self.sources, FEATURES_LSST), self.counts),
+            "history": {
+                name: h[:, j].astype(np.float64) for j, name in enumerate(LSST_HISTORY_COLUMNS)
+            },
+            "images": {k: np.concatenate(v) for k, v in self.image_cols.items()},
+            "first": h[:, 2].astype(bool),
+        }
+
+
+_ROWS: Final[dict[str, type[_ZtfRows] | type[_LsstRows]]] = {"ztf": _ZtfRows, "lsst": _LsstRows}
+
+
+def load_alert_table(
+    paths: Sequence[str],
+    max_alerts: int | None = None,
+    survey: str | None = None,
+    skip_sample_data: bool = False,
+) -> AlertTable:
     """Read, decode and tabulate every alert under ``paths``.
 
     Parameters
@@ -386,22 +1038,30 @@ def load_alert_table(paths: Sequence[str], max_alerts: int | None = None) -> Ale
         Files, directories, archives or globs (anything ``stampflow run`` reads).
     max_alerts
         Stop after this many decoded alerts (None: all).
+    survey
+        ``ztf`` or ``lsst``: every alert must be of it; None: the first alert's survey, which
+        every other must share.
+    skip_sample_data
+        Leave out files in a :data:`SAMPLE_DATA_DIR` directory below a directory of ``paths``
+        (for the real set: lsst-alert-packet's made-up packets).
 
     Returns
     -------
     AlertTable
-        One row per decoded alert, in input order. Stamps that are not 63x63 are NaN-padded
-        (``pad`` policy) for the statistics, ``nan_fraction`` being that of the cutout as sent;
-        alerts whose stamps do not decode get NaN image statistics.
+        One row per decoded alert, in input order. ZTF stamps that are not 63x63 are NaN-padded
+        (``pad`` policy) for the statistics; Rubin's are the 30x30 cube of the adapter's
+        ``pad`` policy; ``nan_fraction`` is that of the cutout as sent. Alerts whose stamps do
+        not decode get NaN image statistics.
 
     Raises
     ------
+    SurveyMismatchError
+        At the first alert of another survey.
     GapError
         When a path matches nothing or no alert decodes.
     """
-    from transforms.features import extract_features, stack_stamps
-    from transforms.stamps import StampError, decode_stamps
-
+    if survey is not None and survey not in _ROWS:
+        raise GapError(f"--survey {survey}: not one of {', '.join(_ROWS)}")
     counts = dict.fromkeys(
         (
             "alerts",
@@ -410,84 +1070,37 @@ def load_alert_table(paths: Sequence[str], max_alerts: int | None = None) -> Ale
             "stamp_errors",
             "padded_stamps",
             "feature_errors",
+            "skipped_sample_data",
         ),
         0,
     )
     candids: list[int] = []
     objects: list[str] = []
-    cand_rows: list[dict[str, float]] = []
-    candidates: list[dict[str, Any]] = []
-    hist: list[tuple[int, int, bool]] = []
     versions: Counter[str] = Counter()
-    image_cols: dict[str, list[np.ndarray]] = {c: [] for c in IMAGE_COLUMNS}
-    cubes: list[np.ndarray] = []
-    nan_fracs: list[list[float]] = []
-
-    def flush() -> None:
-        if not cubes:
-            return
-        stats = image_statistics(np.stack(cubes))
-        nan = np.asarray(nan_fracs, dtype=np.float64)
-        for c, kind in enumerate(STAMP_KINDS):
-            stats[f"{kind}_nan_fraction"] = nan[:, c]
-        for name in IMAGE_COLUMNS:
-            image_cols[name].append(stats[name])
-        cubes.clear()
-        nan_fracs.clear()
-
-    for alert in _iter_alerts(paths, counts):
+    rows: _ZtfRows | _LsstRows | None = None
+    for alert in _iter_alerts(paths, counts, skip_sample_data):
         if max_alerts is not None and counts["alerts"] >= max_alerts:
             break
+        if rows is None:
+            rows = _ROWS[survey or alert.survey.name](counts)
+        if alert.survey.name != rows.survey:
+            raise SurveyMismatchError(alert.source, alert.survey.name, rows.survey)
         counts["alerts"] += 1
-        cand = alert.candidate
         candids.append(int(alert.candid))
         objects.append(str(alert.object_id))
-        candidates.append(cand)
-        cand_rows.append({k: float(v) for k, v in cand.items() if _is_number(v)})
-        hist.append(_history_counts(alert))
         versions[alert.schema_version] += 1
-        try:
-            images = decode_stamps({kind: alert.cutout_bytes(kind) for kind in STAMP_KINDS})
-            cube, padded = stack_stamps(images, "pad", xpos=cand.get("xpos"), ypos=cand.get("ypos"))
-        except StampError:
-            counts["stamp_errors"] += 1
-            cube = np.full((STAMP_SIZE, STAMP_SIZE, len(STAMP_KINDS)), np.nan, np.float32)
-            padded, images = False, {}
-        counts["padded_stamps"] += padded
-        cubes.append(cube)
-        nan_fracs.append(
-            [float(np.isnan(images[k]).mean()) if k in images else np.nan for k in STAMP_KINDS]
-        )
-        if len(cubes) >= 512:
-            flush()
-    flush()
-    n = counts["alerts"]
-    if n == 0:
-        raise GapError(f"no alerts decoded from {', '.join(map(str, paths))}")
-
-    names = sorted({k for row in cand_rows for k in row})
-    candidate = {k: np.array([row.get(k, np.nan) for row in cand_rows]) for k in names}
-    for col in candidate.values():
-        col[~np.isfinite(col)] = np.nan
-    batch = extract_features(candidates, REPORT_FEATURES)
-    counts["feature_errors"] = int((~batch.valid).sum())
-    values = batch.values.astype(np.float64)
-    values[~batch.valid] = np.nan
-    features = {name: values[:, j].copy() for j, name in enumerate(batch.feature_names)}
-    h = np.asarray(hist, dtype=np.int64).reshape(n, 3)
+        rows.add(alert)
+    if rows is None or counts["alerts"] == 0:
+        skipped = counts["skipped_sample_data"]
+        why = f" ({skipped} in {SAMPLE_DATA_DIR}/ directories skipped)" if skipped else ""
+        raise GapError(f"no alerts decoded from {', '.join(map(str, paths))}{why}")
     return AlertTable(
         candid=np.asarray(candids, dtype=np.int64),
         object_id=np.asarray(objects, dtype=object),
-        candidate=candidate,
-        features=features,
-        history={
-            "n_prev_detections": h[:, 0].astype(np.float64),
-            "n_prev_nondetections": h[:, 1].astype(np.float64),
-        },
-        images={k: np.concatenate(v) for k, v in image_cols.items()},
-        first=h[:, 2].astype(bool),
+        **rows.columns(),
         schema_versions=dict(sorted(versions.items())),
         counts=counts,
+        survey=rows.survey,
     )
 
 
@@ -926,14 +1539,17 @@ def reference_report(
 ) -> dict[str, Any]:
     """A model's accuracy on the labelled simulated alerts (bare network, no rules).
 
-    The alerts are featurised as ``stampflow run`` does for that model (its own feature list,
-    ``drop`` policy for stamps that are not 63x63) and classified through the exported SavedModel
-    (:func:`model.train.evaluate_model`).
+    The alerts are featurised as ``stampflow run`` does for that model (its survey's adapter, its
+    own feature list, ``drop`` policy: ZTF stamps that are not 63x63 and Rubin ones smaller than
+    30x30 are dropped) and classified through the exported SavedModel
+    (:func:`model.train.evaluate_model`). Alerts of another survey than the model's are dropped
+    (``n_dropped``); :func:`run_gap` refuses such a model before.
 
     Parameters
     ----------
     model_dir
-        Exported stampflow model (e.g. ``stampflow import-alerce best_model_so_far``).
+        Exported stampflow model (e.g. ``stampflow import-alerce best_model_so_far``, or a
+        ``stampflow train --survey lsst`` model).
     sim_paths
         Simulated alert files.
     labels
@@ -944,7 +1560,7 @@ def reference_report(
     Returns
     -------
     dict
-        :func:`reference_accuracy` plus ``model`` (name, version, features), ``n_dropped``
+        :func:`reference_accuracy` plus ``model`` (name, version, survey, features), ``n_dropped``
         (dead letters), ``n_unlabelled`` and ``per_defect`` recall when alerts carry defects.
 
     Raises
@@ -952,14 +1568,16 @@ def reference_report(
     GapError
         When the model directory is not an exported model or no labelled alert is usable.
     """
-    from model.handler import ModelDirError, read_metadata
+    from model.handler import ModelDirError, model_survey, read_metadata
     from model.train import evaluate_model
     from transforms.featurize import featurize_alerts
+    from transforms.surveys import get_survey
 
     try:
         meta = read_metadata(model_dir)
     except ModelDirError as e:
         raise GapError(str(e)) from e
+    survey = get_survey(model_survey(meta))
     names = list(meta["features"])
     counts = {"read_errors": 0, "decode_errors": 0}
     feats, stamps, kept, pending = [], [], [], []
@@ -967,7 +1585,7 @@ def reference_report(
 
     def flush() -> None:
         nonlocal dropped
-        result = featurize_alerts(pending, names, "drop")
+        result = featurize_alerts(pending, names, "drop", survey)
         dropped += len(result.dead_letters)
         for candid, ex in result.examples:
             feats.append(ex["features"])
@@ -1008,6 +1626,7 @@ def reference_report(
         "dir": str(model_dir),
         "name": meta.get("name"),
         "version": meta.get("version"),
+        "survey": survey.name,
         "features": names,
     }
     out["n_dropped"] = dropped
@@ -1017,16 +1636,26 @@ def reference_report(
 
 
 # --- the report -----------------------------------------------------------------------------------
+def _n_detections(t: AlertTable) -> np.ndarray:
+    """Detections of each alert's object so far: ZTF ``ndethist``; Rubin ``nDiaSources`` as
+    ``len(prvDiaSources) + 1`` (``diaObject.nDiaSources`` is not filled in every copy)."""
+    if t.survey == "lsst":
+        return t.history["n_prv_dia_sources"] + 1.0
+    return t.candidate.get("ndethist", np.full(len(t), np.nan))
+
+
 def _population(real: AlertTable, sim: AlertTable, matched: bool) -> dict[str, Any]:
+    profile = real.profile
+
     def describe(t: AlertTable) -> dict[str, Any]:
-        nd = t.candidate.get("ndethist", np.full(len(t), np.nan))
+        nd = _n_detections(t)
         first = t.first
         return {
             "n": len(t),
             "n_first": int(first.sum()),
             "median_ndethist": summarize(nd)["median"],
             "median_ndethist_first": summarize(nd[first])["median"],
-            "median_n_prev_detections": summarize(t.history["n_prev_detections"])["median"],
+            "median_n_prev_detections": summarize(t.history[profile.history_columns[0]])["median"],
             "schema_versions": t.schema_versions,
             "counts": t.counts,
         }
@@ -1039,16 +1668,21 @@ def _population(real: AlertTable, sim: AlertTable, matched: bool) -> dict[str, A
     if matched:
         used = (
             f"compared on first detections: {r['n_first']} real, {s['n_first']} simulated "
-            "(no earlier detection in prv_candidates, the rule `stampflow run --select first` uses)"
+            f"(no earlier detection in {profile.history_name}, the rule `stampflow run --select "
+            "first` uses)"
         )
     else:
+        fewest = min(r["n_first"], s["n_first"])
+        side = "real" if r["n_first"] <= s["n_first"] else "simulated"
         used = (
-            f"only {r['n_first']} real first detections (< {MIN_MATCHED}): compared on all alerts"
+            f"only {fewest} {side} first detections (< {profile.min_matched}): compared on all "
+            "alerts"
         )
+    nd = profile.ndet_name
     note = (
-        f"real: {r['n']} alerts, {r['n_first']} first detections, median ndethist "
+        f"real: {r['n']} alerts, {r['n_first']} first detections, median {nd} "
         f"{r['median_ndethist']:g}; simulated: {s['n']} alerts, {s['n_first']} first detections, "
-        f"median ndethist {s['median_ndethist']:g}. "
+        f"median {nd} {s['median_ndethist']:g}. "
     )
     if differs:
         note += "The real set is a different population (mostly repeat detections); "
@@ -1068,6 +1702,47 @@ def _merge(primary: dict[str, Any], everything: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def _band_names(values: np.ndarray) -> list[str]:
+    """Rubin band letters of ``band_wavelength`` values (the value itself when unknown)."""
+    from transforms.schema import LSST_BAND_WAVELENGTH
+
+    by_wavelength = {float(w): b for b, w in LSST_BAND_WAVELENGTH.items()}
+    return [by_wavelength.get(float(v), f"{v:g}") for v in values]
+
+
+def compared_populations(
+    real: AlertTable, sim: AlertTable
+) -> tuple[AlertTable, AlertTable, dict[str, Any]]:
+    """The real and simulated alerts the report compares (its ``matched`` population).
+
+    First detections of both sets when each holds at least :attr:`GapProfile.min_matched` of
+    them, else every alert. For a survey with a :attr:`GapProfile.band_column` (Rubin), the
+    simulated alerts are then restricted to the bands of the real ones compared, when at least
+    ``min_matched`` remain: the real alerts at hand come from a few nights in one or two bands,
+    and noise, depth and seeing depend on the band.
+
+    Returns
+    -------
+    real, sim, info
+        The two subsets and ``{"matched": bool, "bands": [..] or None, "sim_before_bands": n}``
+        (``bands`` None: no band restriction).
+    """
+    profile = real.profile
+    least = profile.min_matched
+    matched = int(real.first.sum()) >= least and int(sim.first.sum()) >= least
+    r_m = real.subset(real.first) if matched else real
+    s_m = sim.subset(sim.first) if matched else sim
+    info: dict[str, Any] = {"matched": matched, "bands": None, "sim_before_bands": len(s_m)}
+    col = profile.band_column
+    if col is not None and col in r_m.features and col in s_m.features:
+        bands = np.unique(_finite(r_m.features[col]))
+        keep = np.isin(s_m.features[col], bands)
+        if bands.size and int(keep.sum()) >= least and not keep.all():
+            s_m = s_m.subset(keep)
+            info["bands"] = _band_names(bands)
+    return r_m, s_m, info
+
+
 def build_report(
     real: AlertTable,
     sim: AlertTable,
@@ -1080,7 +1755,7 @@ def build_report(
     Parameters
     ----------
     real, sim
-        :func:`load_alert_table` of each set.
+        :func:`load_alert_table` of each set (one survey).
     folds, seed
         Discriminator cross-validation.
     worst
@@ -1089,16 +1764,25 @@ def build_report(
     Returns
     -------
     dict
-        ``population``, ``features`` (every :data:`REPORT_FEATURES` name), ``candidate_fields``
-        (every numeric candidate field present in both sets), ``history``, ``images`` (per kind
+        ``survey``, ``population``, ``features`` (every feature of the survey's
+        :class:`GapProfile`), ``candidate_fields`` (every numeric field of the detection present
+        in both sets: ZTF ``candidate``, Rubin ``diaSource``), ``history``, ``images`` (per kind
         per statistic, and the noise ratio), ``discriminator`` and ``worst`` (columns by KS;
-        neither identifiers and times nor sky positions, see
-        :data:`UNRANKED_POSITION_COLUMNS`). Each column entry holds ``ks``, ``p``, ``real``,
-        ``sim`` on the matched population and the same under ``all`` for every alert.
+        neither identifiers and times nor sky positions, see :attr:`GapProfile.unranked`). Each
+        column entry holds ``ks``, ``p``, ``real``, ``sim`` on the matched population and the
+        same under ``all`` for every alert; ``null_gaps`` lists the features and fields whose
+        null fraction differs by at least :data:`NULL_GAP` on the compared population.
+
+    Raises
+    ------
+    GapError
+        When the two tables are of different surveys.
     """
-    matched = int(real.first.sum()) >= MIN_MATCHED and int(sim.first.sum()) >= MIN_MATCHED
-    r_m = real.subset(real.first) if matched else real
-    s_m = sim.subset(sim.first) if matched else sim
+    if real.survey != sim.survey:
+        raise GapError(f"real alerts are {real.survey}, simulated ones {sim.survey}")
+    profile = real.profile
+    r_m, s_m, compared = compared_populations(real, sim)
+    matched = compared["matched"]
     cand_names = sorted(set(real.candidate) & set(sim.candidate))
 
     def section(get: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -1106,13 +1790,13 @@ def build_report(
             compare_columns(get(r_m), get(s_m), names), compare_columns(get(real), get(sim), names)
         )
 
-    features = section(lambda t: t.features, list(REPORT_FEATURES))
+    features = section(lambda t: t.features, list(profile.features))
     candidate_fields = section(lambda t: t.candidate, cand_names)
-    history = section(lambda t: t.history, list(HISTORY_COLUMNS))
-    flat_images = section(lambda t: t.images, list(IMAGE_COLUMNS))
+    history = section(lambda t: t.history, list(profile.history_columns))
+    flat_images = section(lambda t: t.images, list(profile.image_columns))
     images: dict[str, Any] = {kind: {} for kind in STAMP_KINDS}
     for kind in STAMP_KINDS:
-        for stat in IMAGE_STATS:
+        for stat in profile.image_stats:
             images[kind][stat] = flat_images[f"{kind}_{stat}"]
     images[NOISE_RATIO] = flat_images[NOISE_RATIO]
 
@@ -1120,11 +1804,15 @@ def build_report(
     ranked += [
         ("candidate_fields", n, e)
         for n, e in candidate_fields.items()
-        if n not in features and n not in NON_MEASUREMENT_FIELDS
+        if n not in features and n not in profile.non_measurement
     ]
     ranked += [("images", n, e) for n, e in flat_images.items()]
     ranked = [
-        r for r in ranked if math.isfinite(r[2]["ks"]) and r[1] not in UNRANKED_POSITION_COLUMNS
+        r
+        for r in ranked
+        if math.isfinite(r[2]["ks"])
+        and r[1] not in profile.unranked
+        and min(r[2]["real"]["n"], r[2]["sim"]["n"]) >= profile.min_ranked
     ]
     ranked.sort(key=lambda r: -r[2]["ks"])
     worst_list = [
@@ -1140,7 +1828,7 @@ def build_report(
         }
         for sec, n, e in ranked[:worst]
     ]
-    disc_names = list(REPORT_FEATURES) + list(IMAGE_COLUMNS)
+    disc_names = list(profile.features) + list(profile.image_columns)
     discriminator = discriminator_report(
         {**r_m.features, **r_m.images},
         {**s_m.features, **s_m.images},
@@ -1149,14 +1837,40 @@ def build_report(
         seed=seed,
     )
     discriminator["population"] = "first" if matched else "all"
+    null_gaps = sorted(
+        (
+            {
+                "section": sec,
+                "name": n,
+                "real_null_frac": e["real"]["null_frac"],
+                "sim_null_frac": e["sim"]["null_frac"],
+            }
+            for sec, entries in (("features", features), ("candidate_fields", candidate_fields))
+            for n, e in entries.items()
+            if (sec == "features" or n not in features)
+            and abs(e["real"]["null_frac"] - e["sim"]["null_frac"]) >= NULL_GAP
+        ),
+        key=lambda g: -abs(g["real_null_frac"] - g["sim_null_frac"]),
+    )
+    population = _population(real, sim, matched)
+    population["sim_before_bands"] = compared["sim_before_bands"]
+    population["bands"] = compared["bands"]
+    if compared["bands"] is not None:
+        bands = ", ".join(compared["bands"])
+        population["note"] += (
+            f" Simulated alerts restricted to the real ones' band(s) {bands}: {len(s_m)} of "
+            f"{compared['sim_before_bands']}."
+        )
     return {
-        "population": _population(real, sim, matched),
+        "survey": profile.survey,
+        "population": population,
         "features": features,
         "candidate_fields": candidate_fields,
         "history": history,
         "images": images,
         "discriminator": discriminator,
         "worst": worst_list,
+        "null_gaps": null_gaps,
     }
 
 
@@ -1265,10 +1979,12 @@ def _log10_keep_sentinel(a: np.ndarray) -> np.ndarray:
 
 
 def _feature_plot_names(real: AlertTable, sim: AlertTable) -> list[str]:
-    names = list(REPORT_FEATURES)
-    names += [n for n in KEY_RAW_FIELDS if n in real.candidate and n in sim.candidate]
-    names += [n for n in ("chipsf", "elong") if n not in names and n in real.candidate]
-    return names + list(HISTORY_COLUMNS)
+    profile = real.profile
+    names = list(profile.features)
+    names += [n for n in profile.key_raw_fields if n in real.candidate and n in sim.candidate]
+    if profile.survey == "ztf":
+        names += [n for n in ("chipsf", "elong") if n not in names and n in real.candidate]
+    return names + list(profile.history_columns)
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -1311,7 +2027,7 @@ def _fmt(x: Any) -> str:
 
 def summary_lines(report: Mapping[str, Any], n_worst: int = 10) -> list[str]:
     """A short text summary: population, worst KS columns, discriminator, reference."""
-    lines = [report["population"]["note"]]
+    lines = [f"survey {report.get('survey', 'ztf')}: {report['population']['note']}"]
     lines.append(f"worst KS ({report['population']['matched_on']}):")
     for w in report["worst"][:n_worst]:
         lines.append(
@@ -1336,6 +2052,30 @@ def summary_lines(report: Mapping[str, Any], n_worst: int = 10) -> list[str]:
     return lines
 
 
+def _load_sets(
+    sim: Sequence[str], real: Sequence[str], survey: str, max_alerts: int | None
+) -> tuple[AlertTable, AlertTable]:
+    """The real then the simulated table, of one survey (``survey`` or the real alerts')."""
+    wanted = None if survey == "auto" else survey
+    try:
+        real_table = load_alert_table(real, max_alerts, survey=wanted, skip_sample_data=True)
+    except SurveyMismatchError as e:
+        if wanted is None:
+            raise GapError(
+                f"real alerts mix surveys ({e.source} is {e.found}, earlier ones {e.expected}): "
+                "compare one survey at a time"
+            ) from e
+        raise GapError(f"real alerts: {e} (--survey {wanted})") from e
+    except GapError as e:
+        raise GapError(f"real alerts: {e}") from e
+    try:
+        sim_table = load_alert_table(sim, max_alerts, survey=real_table.survey)
+    except SurveyMismatchError as e:
+        why = f"--survey {wanted}" if wanted else "the real alerts' survey"
+        raise GapError(f"--sim: {e} ({why}): simulate with --survey {e.expected}") from e
+    return real_table, sim_table
+
+
 def run_gap(
     sim: Sequence[str],
     real: Sequence[str],
@@ -1346,6 +2086,7 @@ def run_gap(
     folds: int = 5,
     seed: int = 0,
     plots: bool = True,
+    survey: str = "auto",
 ) -> dict[str, Any]:
     """Build the gap report, write ``report.json`` and the PNGs to ``out``; return the report.
 
@@ -1354,26 +2095,34 @@ def run_gap(
     sim
         Simulated alerts (directories, archives or files).
     real
-        Real alerts.
+        Real alerts; files in ``sample_data`` directories found while walking a directory are
+        skipped (counted in ``population.real.counts.skipped_sample_data``).
     out
         Output directory (created).
     labels
         The simulation's ``labels.csv`` (default: ``labels.csv`` in the first ``sim`` directory,
         when present); needed by ``reference``.
     reference
-        An exported model directory to evaluate on the labelled simulated alerts.
+        An exported model directory of the compared survey to evaluate on the labelled
+        simulated alerts.
     max_alerts
         Read at most this many alerts from each set.
     folds, seed
         Discriminator cross-validation.
     plots
         Write ``gap_features.png`` and ``gap_images.png``.
+    survey
+        ``ztf``, ``lsst``, or ``auto`` (the survey of the real alerts). Every real and simulated
+        alert must be of that survey.
 
     Raises
     ------
     GapError
-        For a user mistake (missing input, nothing decoded, unwritable output, no labels).
+        For a user mistake (missing input, nothing decoded, unwritable output, no labels, mixed
+        surveys, a reference model of another survey).
     """
+    if survey not in SURVEY_CHOICES:
+        raise GapError(f"--survey {survey}: not one of {', '.join(SURVEY_CHOICES)}")
     for p in sim:
         if not (os.path.exists(p) or any(c in p for c in "*?[") or "://" in p):
             raise GapError(f"--sim {p}: no such file or directory")
@@ -1385,20 +2134,27 @@ def run_gap(
     if reference is not None and labels is None:
         raise GapError("--reference needs the simulation's labels.csv (--labels)")
     label_map = read_sim_labels(labels) if labels else None
+    reference_survey = None
     if reference is not None:
-        from model.handler import ModelDirError, read_metadata
+        from model.handler import ModelDirError, model_survey, read_metadata
 
         try:
-            read_metadata(reference)  # fail before the long part
+            reference_survey = model_survey(read_metadata(reference))  # fail before the long part
         except ModelDirError as e:
             raise GapError(str(e)) from e
-    sim_table = load_alert_table(sim, max_alerts)
-    try:
-        real_table = load_alert_table(real, max_alerts)
-    except GapError as e:
-        raise GapError(f"real alerts: {e}") from e
+        if survey not in ("auto", reference_survey):
+            raise GapError(
+                f"--reference {reference} classifies {reference_survey} alerts, not {survey}"
+            )
+    real_table, sim_table = _load_sets(sim, real, survey, max_alerts)
+    if reference_survey is not None and reference_survey != real_table.survey:
+        raise GapError(
+            f"--reference {reference} classifies {reference_survey} alerts; these are "
+            f"{real_table.survey} alerts: give a {real_table.survey} model"
+        )
     report = build_report(real_table, sim_table, folds=folds, seed=seed)
     report["inputs"] = {
+        "survey": survey,
         "sim": list(map(str, sim)),
         "real": list(map(str, real)),
         "labels": labels,
@@ -1413,29 +2169,40 @@ def run_gap(
     report = _clean(report)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
     if plots:
-        matched = report["population"]["matched_on"] == "first"
-        r_m = real_table.subset(real_table.first) if matched else real_table
-        s_m = sim_table.subset(sim_table.first) if matched else sim_table
-        pop = "first detections" if matched else "all alerts"
-        plot_histograms(
-            r_m.columns(),
-            s_m.columns(),
-            _feature_plot_names(real_table, sim_table),
-            out_dir / "gap_features.png",
-            f"features and raw candidate fields: real ({len(r_m)}) vs simulated ({len(s_m)}), "
-            f"{pop}",
-            real_all=real_table.columns() if matched else None,
-        )
-        plot_histograms(
-            r_m.images,
-            s_m.images,
-            list(IMAGE_COLUMNS),
-            out_dir / "gap_images.png",
-            f"image statistics per cutout: real ({len(r_m)}) vs simulated ({len(s_m)}), {pop}",
-            real_all=real_table.images if matched else None,
-            ncols=5,
-        )
+        _plot_report(real_table, sim_table, report, out_dir)
     return report
+
+
+def _plot_report(
+    real_table: AlertTable, sim_table: AlertTable, report: Mapping[str, Any], out_dir: Path
+) -> None:
+    """``gap_features.png`` and ``gap_images.png`` of the report's population."""
+    profile = real_table.profile
+    r_m, s_m, compared = compared_populations(real_table, sim_table)
+    matched = compared["matched"]
+    pop = "first detections" if matched else "all alerts"
+    if compared["bands"] is not None:
+        pop += f", simulated in band {'/'.join(compared['bands'])}"
+    survey = {"ztf": "ZTF", "lsst": "Rubin"}[profile.survey]
+    plot_histograms(
+        r_m.columns(),
+        s_m.columns(),
+        _feature_plot_names(real_table, sim_table),
+        out_dir / "gap_features.png",
+        f"{survey} features and raw {profile.source_name} fields: real ({len(r_m)}) vs "
+        f"simulated ({len(s_m)}), {pop}",
+        real_all=real_table.columns() if matched else None,
+    )
+    plot_histograms(
+        r_m.images,
+        s_m.images,
+        list(profile.image_columns),
+        out_dir / "gap_images.png",
+        f"{survey} image statistics per cutout [{profile.pixel_unit}, pixel]: real ({len(r_m)}) "
+        f"vs simulated ({len(s_m)}), {pop}",
+        real_all=real_table.images if matched else None,
+        ncols=len(profile.image_stats),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1451,6 +2218,7 @@ def run(args: argparse.Namespace) -> int:
             folds=args.folds,
             seed=args.seed,
             plots=not args.no_plots,
+            survey=args.survey,
         )
     except GapError as e:
         print(f"stampflow gap: {e}", file=sys.stderr)
@@ -1480,9 +2248,21 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         "--sim", nargs="+", required=True, help="simulated alerts: directory, archive or files"
     )
     p.add_argument(
-        "--real", nargs="+", required=True, help="real alerts: files, directories, archives, globs"
+        "--real",
+        nargs="+",
+        required=True,
+        help="real alerts: files, directories, archives, globs (files in sample_data/ "
+        "directories are skipped when walking a directory)",
     )
     p.add_argument("--out", required=True, help="output directory (report.json, PNGs)")
+    p.add_argument(
+        "--survey",
+        type=str,
+        choices=SURVEY_CHOICES,
+        default="auto",
+        help="survey compared: ztf, lsst, or auto (the real alerts'; default); every alert of "
+        "both sets must be of it",
+    )
     p.add_argument(
         "--labels",
         default=None,
@@ -1491,7 +2271,8 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument(
         "--reference",
         default=None,
-        help="exported model to evaluate on the labelled simulated alerts (e.g. ALeRCE's)",
+        help="exported model of the same survey to evaluate on the labelled simulated alerts "
+        "(e.g. ALeRCE's; a --survey lsst model for Rubin)",
     )
     p.add_argument(
         "--max-alerts", type=positive_int, default=None, help="read at most N alerts per set"

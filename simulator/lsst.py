@@ -85,17 +85,18 @@ BAND_WEIGHTS = (0.07, 0.09, 0.22, 0.22, 0.20, 0.20)
 #: noise scales as 10^(-0.2 (sky - sky_i)); with i at 43 nJy/px this gives g 19 nJy/px, as
 #: measured in the real g-band cutouts (18-21).
 SKY_MAG = {"u": 22.9, "g": 22.3, "r": 21.2, "i": 20.5, "z": 19.6, "y": 18.6}
-#: Median sky noise of an i-band visit [nJy/px] (real cutouts: 40-46).
-SIGMA_I = 43.0
+#: Median sky noise of an i-band visit [nJy/px] (real first detections: 40 median; cutouts 40-46).
+SIGMA_I = 39.5
 #: Effective wavelengths [nm], for the seeing's λ^-0.2 dependence.
 WAVELENGTH = {"u": 368.0, "g": 480.0, "r": 622.0, "i": 754.0, "z": 869.0, "y": 971.0}
 #: Median visit seeing at 622 nm [arcsec] and its log-normal spread (real PSF moments of the first
 #: detections: FWHM 0.89-1.15″, 10th-90th percentile; cutout PSFs 0.96-1.73″ in i/g).
-SEEING = (1.0, 0.2)
-#: Template PSF FWHM [px] (real: 3.4-5.2).
-FWHM_TEMPLATE = (3.4, 5.2)
-#: Template noise relative to the visit's (real i: 2.4-8 nJy/px against 40-46).
-TEMPLATE_NOISE = (0.05, 0.19)
+SEEING = (0.91, 0.2)
+#: Template PSF FWHM [px]: log-normal median and spread, clipped (real first detections: median
+#: 3.78, 10th-90th percentile 3.69-5.61; cutouts 3.4-5.2).
+FWHM_TEMPLATE = (3.85, 0.15)
+#: Template noise relative to the visit's (real first detections: ratio 0.14-0.41, median 0.21).
+TEMPLATE_NOISE = (0.09, 0.28)
 #: The constant reliability 6 of the 27 fink-science alerts carry (a degenerate model output),
 #: given to the same share of simulated alerts of every class.
 RELIABILITY_PLACEHOLDER = 0.4863438308238983
@@ -120,7 +121,7 @@ RELIABILITY_LOGIT = {
 }
 #: Pareto index of the detection S/N above threshold per class (N(>s) ∝ s^-a): faint detections
 #: dominate, bogus most (real first detections: 14 of 17 non-asteroids at S/N < 9).
-SNR_INDEX = {"AGN": 1.8, "SN": 1.8, "VS": 1.3, "asteroid": 0.9, "bogus": 3.0}
+SNR_INDEX = {"AGN": 2.2, "SN": 2.2, "VS": 1.6, "asteroid": 0.9, "bogus": 4.0}
 SNR_MIN, SNR_MAX = 5.0, 800.0
 #: Detector size [px] (LSST CCD: 4072 × 4000).
 DETECTOR = (4072, 4000)
@@ -278,7 +279,7 @@ def _sky_position(name: str, sub: str, mjd: float, rng: np.random.Generator):
 def _bbox(snr: float, fwhm: float, rng: np.random.Generator) -> int:
     """Footprint side [px] (real: 10-14 at S/N 5, 22-28 at S/N 25-120 in i, 31-34 in g)."""
     return int(
-        np.clip(round(fwhm * (1.0 + 1.3 * np.log(max(snr, 2.5) / 2.0)) + rng.normal(0, 2)), 8, 48)
+        np.clip(round(fwhm * (1.0 + 1.3 * np.log(max(snr, 2.5) / 2.0)) + rng.normal(3, 2)), 8, 48)
     )
 
 
@@ -286,11 +287,12 @@ def _scene(name: str, sub: str, band: str, rng: np.random.Generator):
     """A scene of one class and subtype, with what the metadata needs to know about it."""
     seeing = SEEING[0] * np.exp(rng.normal(0, SEEING[1])) * (WAVELENGTH[band] / 622.0) ** -0.2
     fwhm = float(np.clip(seeing, 0.6, 2.2) / ph.PIXEL_SCALE)
-    fwhm_tpl = float(min(rng.uniform(*FWHM_TEMPLATE), 0.92 * fwhm))
+    fwhm_tpl = FWHM_TEMPLATE[0] * np.exp(rng.normal(0, FWHM_TEMPLATE[1]))
+    fwhm_tpl = float(min(np.clip(fwhm_tpl, 3.3, 5.8), 0.92 * fwhm))
     sigma = SIGMA_I * np.exp(rng.normal(0, 0.06)) * 10 ** (-0.2 * (SKY_MAG[band] - SKY_MAG["i"]))
     sigma_tpl = sigma * rng.uniform(*TEMPLATE_NOISE)
     beta = rng.uniform(2.5, 4.5)
-    e = (rng.normal(0, 0.03), rng.normal(0, 0.03))
+    e = (rng.normal(0, 0.09), rng.normal(0, 0.09))  # real |e| median 0.13
     # Flux error of a PSF fit on white noise: σ / sqrt(Σ P²).
     p = ph.moffat(41, 20, 20, fwhm, beta, e)
     flux_err = sigma / np.sqrt((p * p).sum())
@@ -361,8 +363,10 @@ def _scene(name: str, sub: str, band: str, rng: np.random.Generator):
             dflux *= max(1.0, length / ph.PIXEL_SCALE / fwhm) ** 0.5  # a trail spreads its flux
         points.append((0.0, 0.0, dflux, 0.0))
     elif kind == "dipole":
-        f0 = _flux(rng.uniform(15.5, 20.5))
+        # Artefacts follow the bogus S/N law too: the star's flux is what leaves a residual of
+        # about dflux for this misregistration (real dipoles: science flux 16-18 mag, S/N 7-28).
         amp = rng.uniform(0.08, 0.6)
+        f0 = float(np.clip(2.0 * dflux * (fwhm / 2.3548) / amp, _flux(21.0), _flux(15.0)))
         th = rng.uniform(0, 2 * np.pi)
         shift = (amp * np.cos(th), amp * np.sin(th))
         points.append((0.0, 0.0, f0 * (1 + rng.normal(0, 0.01)), f0))
@@ -370,8 +374,8 @@ def _scene(name: str, sub: str, band: str, rng: np.random.Generator):
             hf, r_e, ns, q, pa = galaxy(17.0, 20.0, 3.0, 12.0)
             host = (0.0, 0.0, hf, r_e, ns, q, pa)
     elif kind == "psf_mismatch":
-        f0 = _flux(rng.uniform(15.0, 19.0))
         kernel_error = float(rng.choice([-1, 1]) * rng.uniform(0.03, 0.12))
+        f0 = float(np.clip(dflux / (0.6 * abs(kernel_error)), _flux(22.0), _flux(14.0)))
         points.append((0.0, 0.0, f0, f0))
     elif kind == "streak":
         width = fwhm * rng.uniform(0.8, 2.0)
@@ -400,7 +404,7 @@ def _scene(name: str, sub: str, band: str, rng: np.random.Generator):
                     "angle": rng.uniform(0, np.pi),
                     "width": width,
                     "length": length,
-                    "peak": dflux / (width * 1.5),
+                    "peak": dflux / (width * 4.0),
                 },
             )
         )
@@ -415,7 +419,7 @@ def _scene(name: str, sub: str, band: str, rng: np.random.Generator):
                     "angle": rng.uniform(0, np.pi),
                     "width": rng.uniform(0.6, 1.6),
                     "length": rng.uniform(1.0, 10.0),
-                    "peak": sigma * rng.uniform(8, 150),
+                    "peak": dflux * rng.uniform(0.5, 1.5),
                 },
             )
         )
@@ -445,15 +449,15 @@ def _scene(name: str, sub: str, band: str, rng: np.random.Generator):
                     "dy": rng.normal(0, 0.7),
                     "wx": rng.uniform(1.5, 5.0),
                     "wy": rng.uniform(1.5, 5.0),
-                    "level": sigma * rng.uniform(4, 40),
+                    "level": dflux * rng.uniform(0.08, 0.25),
                 },
             )
         )
     elif kind == "bright_star":
         r, th = rng.uniform(3.0, 12.0), rng.uniform(0, 2 * np.pi)
-        f0 = _flux(rng.uniform(12.5, 16.0))
+        f0 = _flux(rng.uniform(14.0, 17.0))
         points.append((r * np.cos(th), r * np.sin(th), f0, f0))
-        kernel_error = float(rng.choice([-1, 1]) * rng.uniform(0.01, 0.06))
+        kernel_error = float(rng.choice([-1, 1]) * rng.uniform(0.005, 0.03))
         artefacts.append(
             (
                 "spikes",
@@ -461,7 +465,7 @@ def _scene(name: str, sub: str, band: str, rng: np.random.Generator):
                     "dx": r * np.cos(th),
                     "dy": r * np.sin(th),
                     "angle": rng.uniform(0, np.pi / 2),
-                    "peak": sigma * rng.uniform(3, 30),
+                    "peak": sigma * rng.uniform(2, 10),
                     "scale": rng.uniform(8, 30),
                 },
             )
@@ -505,6 +509,8 @@ def _scene(name: str, sub: str, band: str, rng: np.random.Generator):
         kernel_error=kernel_error,
         artefacts=artefacts,
         edge=edge,
+        # Real templates sit a little above zero (median 1.8 nJy/px, 0.2 of their noise).
+        tpl_background=float(sigma_tpl * rng.normal(0.2, 0.3)),
     )
     return scene, info
 
@@ -662,9 +668,16 @@ def _packet(p, i, name, sub, band, mjd, scene, info, st, m, fields, rng):
     src = _blank(fields["diaSource"])
     snr = m.snr
     pos_err = 0.6 * scene.fwhm / max(snr, 1.0)
+    # x/y (and RA/Dec) errors differ (real raErr/decErr 0.65-1.13) and correlate a little.
+    x_err, y_err = pos_err * np.exp(rng.normal(-0.1, 0.2)), pos_err * np.exp(rng.normal(0.0, 0.2))
+    ra_err, dec_err = x_err * ph.PIXEL_SCALE / 3600.0, y_err * ph.PIXEL_SCALE / 3600.0
     if m.moments is not None:
         ratio = (m.moments[0] + m.moments[1]) / (m.psf_moments[0] + m.psf_moments[1])
-        ext = _logistic((ratio - 1.3) * 10.0 + rng.normal(0, 6.0 / np.sqrt(max(snr, 1.0))))
+        # Rubin's extendedness is a model output: faint detections spread over 0-1 (median 0.5 at
+        # S/N 5), bright point sources near 0 (known asteroids 0.00-0.08); wider than the PSF
+        # pushes it up.
+        z = -3.0 + 15.0 / max(snr, 1.0) + 6.0 * max(ratio - 1.2, 0.0) + rng.normal(0, 1.5)
+        ext = _logistic(z)
         trail = float(np.hypot(info["trail_arcsec"], np.exp(rng.normal(0.0, 0.4))))
     else:
         ext, trail = None, None
@@ -695,13 +708,13 @@ def _packet(p, i, name, sub, band, mjd, scene, info, st, m, fields, rng):
         "midpointMjdTai": mjd,
         "ra": ra,
         "dec": dec,
-        "raErr": pos_err * ph.PIXEL_SCALE / 3600.0,
-        "decErr": pos_err * ph.PIXEL_SCALE / 3600.0,
-        "ra_dec_Cov": 0.0,
+        "raErr": ra_err,
+        "decErr": dec_err,
+        "ra_dec_Cov": rng.uniform(-0.4, 0.4) * ra_err * dec_err,
         "x": float(x),
-        "xErr": pos_err,
+        "xErr": x_err,
         "y": float(y),
-        "yErr": pos_err,
+        "yErr": y_err,
         "centroid_flag": False,
         "apFlux": m.ap_flux,
         "apFluxErr": m.ap_flux_err,
@@ -717,7 +730,7 @@ def _packet(p, i, name, sub, band, mjd, scene, info, st, m, fields, rng):
         "psfFlux_flag_edge": edge,
         "psfFlux_flag_noGoodPixels": False,
         "trailFlux": m.psf_flux * rng.uniform(0.95, 1.1),
-        "trailFluxErr": m.psf_flux_err * 0.05,
+        "trailFluxErr": m.psf_flux_err * float(np.exp(rng.normal(np.log(0.08), 0.8))),
         "trailRa": ra,
         "trailDec": dec,
         "trailLength": trail,
