@@ -394,7 +394,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         help="directory of Rubin alert schemas (lsst.vMAJOR_MINOR.alert.avsc, e.g. the "
-        "lsst-alert-packet package's schema/): how wire-format messages are decoded",
+        "lsst-alert-packet package's schema/): how wire-format messages and Pitt-Google's "
+        "JSON copies are decoded",
     )
     parser.add_argument(
         "--schema-registry",

@@ -2,13 +2,18 @@
 
 ::
 
-    ReadFromPubSub ─ ToContainer ─ Decode (DecodeAlerts) ─ EventTime (jd) ─▶ alerts
-                                      └──────────────────────────────▶ dead letters
+    ReadFromPubSub ─ Decode (DecodePubSubMessages: DecodeMessages ─ EventTime (jd)) ─▶ alerts
+                                                          └──────────────────────▶ dead letters
 
-One message holds one Avro container (``stampflow publish`` and ZTF's Kafka-to-Pub/Sub bridges
-alike); its ``source`` attribute, when set, names the file it came from. Event time is the
+A message is read with its attributes and decoded by :class:`transforms.pittgoogle.DecodeMessages`:
+an Avro container (``stampflow publish``, ZTF's and Pitt-Google's ``ztf-alerts``), a wire-format
+message (Rubin, Pitt-Google's ``lsst-alerts``; schemas from ``--schema-dir`` /
+``--schema-registry``) or a Pitt-Google JSON alert (``lsst-alerts-json``, its schema named by the
+``schema_version`` attribute). Attributes that contradict the data, like undecodable data, make a
+dead letter. A message's source is its ``source`` attribute, else its Kafka coordinates
+(``kafka.topic``/``kafka.partition``/``kafka.offset``), else its message id. Event time is the
 alert's ``jd`` (Unix seconds); inputs that never become an alert keep their Pub/Sub publish time
-(or ``--timestamp-attribute``). The output has the batch reader's shape.
+(or ``--timestamp-attribute``, e.g. ``kafka.timestamp``). The output has the batch reader's shape.
 """
 
 from __future__ import annotations
@@ -18,27 +23,38 @@ from typing import Any
 import apache_beam as beam
 
 from pipeline.options import StreamingOptions
-from transforms.ingest import DecodeAlerts
-from transforms.schema import SOURCE_ATTRIBUTE, TAG_ALERTS, TAG_DEAD_LETTERS
+from transforms.pittgoogle import DecodeMessages
+from transforms.schema import TAG_ALERTS, TAG_DEAD_LETTERS
 from transforms.streaming_state import jd_to_unix
 from transforms.wire import SchemaSources
 
-__all__ = ["ReadPubSubAlerts", "message_to_container", "with_event_time"]
-
-
-def message_to_container(message: Any) -> tuple[str, bytes]:
-    """A Pub/Sub message → ``(source, container bytes)`` for :class:`DecodeAlerts`.
-
-    The source is the publisher's ``source`` attribute, else ``pubsub:<message id>``.
-    """
-    attributes = message.attributes or {}
-    source = attributes.get(SOURCE_ATTRIBUTE) or f"pubsub:{message.message_id or 'unknown'}"
-    return source, message.data
+__all__ = ["DecodePubSubMessages", "ReadPubSubAlerts", "with_event_time"]
 
 
 def with_event_time(alert: Any) -> beam.window.TimestampedValue:
     """Timestamp an alert with its ``jd`` (event time) instead of the message's publish time."""
     return beam.window.TimestampedValue(alert, jd_to_unix(alert.jd))
+
+
+class DecodePubSubMessages(beam.PTransform):
+    """``PubsubMessage`` objects (data and attributes) → ``{"alerts", "dead_letters"}``.
+
+    Parameters
+    ----------
+    schemas
+        Where wire-format and JSON messages' writer schemas are found.
+    """
+
+    def __init__(self, schemas: SchemaSources | None = None) -> None:
+        super().__init__()
+        self.schemas = schemas
+
+    def expand(self, messages: beam.PCollection) -> dict[str, beam.PCollection]:
+        decoded = messages | "Messages" >> beam.ParDo(DecodeMessages(self.schemas)).with_outputs(
+            TAG_DEAD_LETTERS, main=TAG_ALERTS
+        )
+        alerts = decoded[TAG_ALERTS] | "EventTime" >> beam.Map(with_event_time)
+        return {TAG_ALERTS: alerts, TAG_DEAD_LETTERS: decoded[TAG_DEAD_LETTERS]}
 
 
 class ReadPubSubAlerts(beam.PTransform):
@@ -49,7 +65,7 @@ class ReadPubSubAlerts(beam.PTransform):
     streaming
         The subscription and the optional timestamp attribute.
     schemas
-        Where wire-format (Rubin) messages' writer schemas are found.
+        Where wire-format (Rubin) and JSON messages' writer schemas are found.
     """
 
     def __init__(self, streaming: StreamingOptions, schemas: SchemaSources | None = None) -> None:
@@ -58,7 +74,7 @@ class ReadPubSubAlerts(beam.PTransform):
         self.schemas = schemas
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        decoded = (
+        return (
             pbegin
             | "ReadFromPubSub"
             >> beam.io.ReadFromPubSub(
@@ -66,11 +82,5 @@ class ReadPubSubAlerts(beam.PTransform):
                 with_attributes=True,
                 timestamp_attribute=self.streaming.timestamp_attribute,
             )
-            | "ToContainer" >> beam.Map(message_to_container)
-            | "Decode"
-            >> beam.ParDo(DecodeAlerts(schemas=self.schemas)).with_outputs(
-                TAG_DEAD_LETTERS, main=TAG_ALERTS
-            )
+            | "Decode" >> DecodePubSubMessages(self.schemas)
         )
-        alerts = decoded[TAG_ALERTS] | "EventTime" >> beam.Map(with_event_time)
-        return {TAG_ALERTS: alerts, TAG_DEAD_LETTERS: decoded[TAG_DEAD_LETTERS]}
