@@ -156,23 +156,14 @@ def _schema(schema_dir: str, version: str) -> Any:
 
 
 def _record_fields(parsed: Any) -> dict[str, Any]:
-    """Field lists of the alert's named records: alert, diaSource, diaObject, ssSource, ..."""
-    out: dict[str, Any] = {}
+    """Field lists of the alert's named records by short name: alert, diaSource, diaObject, ..."""
+    from transforms.wire import named_types
 
-    def walk(s: Any) -> None:
-        if isinstance(s, list):
-            for t in s:
-                walk(t)
-        elif isinstance(s, dict):
-            if s.get("type") == "record":
-                out[s["name"].rsplit(".", 1)[-1]] = s["fields"]
-                for f in s["fields"]:
-                    walk(f["type"])
-            elif s.get("type") == "array":
-                walk(s["items"])
-
-    walk(parsed)
-    return out
+    return {
+        name.rsplit(".", 1)[-1]: t["fields"]
+        for name, t in named_types(parsed).items()
+        if t["type"] == "record"
+    }
 
 
 def _blank(fields: list[dict]) -> dict[str, Any]:
@@ -1004,22 +995,10 @@ def _parquet_bytes(records: list[dict], parsed: Any) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    named: dict[str, Any] = {}
+    from transforms.wire import named_types
 
-    def collect(s: Any) -> None:
-        if isinstance(s, list):
-            for x in s:
-                collect(x)
-        elif isinstance(s, dict):
-            if s.get("type") == "record":
-                named[s["name"]] = s
-                named[s["name"].rsplit(".", 1)[-1]] = s
-                for f in s["fields"]:
-                    collect(f["type"])
-            elif s.get("type") == "array":
-                collect(s["items"])
-
-    collect(parsed)
+    named = named_types(parsed)
+    named.update({k.rsplit(".", 1)[-1]: v for k, v in list(named.items())})
     schema = pa.schema(
         [pa.field(f["name"], _arrow_type(f["type"], named)) for f in parsed["fields"]]
     )

@@ -20,7 +20,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.alerts import decode_alerts
+from transforms.alerts import Alert, decode_alerts
 from transforms.dead_letters import dead_letter
 from transforms.first_pass import scan_alerts
 from transforms.schema import (
@@ -108,17 +108,34 @@ class DecodeAlerts(beam.DoFn):
             alerts, error = self._decode(data, source, path)
         except Exception as e:  # a bug, not bad data; still never lose the input
             alerts, error = [], e
-        for alert in alerts:
-            self.alerts.inc()
-            yield alert
-        if error is not None:
-            self.dead.inc()
-            reason = getattr(error, "reason", None) or f"internal: {type(error).__name__}: {error}"
-            if alerts:
-                reason += f" (after {len(alerts)} record(s) decoded)"
-            yield beam.pvalue.TaggedOutput(
-                TAG_DEAD_LETTERS, dead_letter(STAGE_DECODE, reason, source, data)
-            )
+        yield from decoded_outputs(alerts, error, source, data, self.alerts, self.dead)
+
+
+def decoded_outputs(
+    alerts: list[Alert], error: Exception | None, source: str, data: bytes, counted, dead
+) -> Iterator[Any]:
+    """What one input became: its alerts, then its ``decode`` dead letter if decoding stopped.
+
+    Parameters
+    ----------
+    alerts, error
+        A decoder's result (``error``: its exception, or a bug's).
+    source, data
+        The input's name and raw bytes (kept in the dead letter).
+    counted, dead
+        Beam counters of decoded alerts and of decode dead letters.
+    """
+    for alert in alerts:
+        counted.inc()
+        yield alert
+    if error is not None:
+        dead.inc()
+        reason = getattr(error, "reason", None) or f"internal: {type(error).__name__}: {error}"
+        if alerts:
+            reason += f" (after {len(alerts)} record(s) decoded)"
+        yield beam.pvalue.TaggedOutput(
+            TAG_DEAD_LETTERS, dead_letter(STAGE_DECODE, reason, source, data)
+        )
 
 
 class ReadAlerts(beam.PTransform):

@@ -46,12 +46,11 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.alerts import Alert, AlertDecodeError, decode_alerts
-from transforms.dead_letters import dead_letter
+from transforms.ingest import decoded_outputs
 from transforms.schema import (
     METRICS_NAMESPACE,
     SOURCE_ATTRIBUTE,
     STAGE_DECODE,
-    TAG_DEAD_LETTERS,
 )
 from transforms.wire import (
     WIRE_HEADER,
@@ -60,6 +59,7 @@ from transforms.wire import (
     encode_wire,
     is_wire_format,
     lsst_schema_id,
+    named_types,
     schema_sources,
     writer_schema,
 )
@@ -150,25 +150,6 @@ def is_json(data: bytes) -> bool:
 
 class _Misfit(Exception):
     """A JSON value that does not fit its schema type (the message is a ``bad_json`` letter)."""
-
-
-def _named_types(parsed: Any) -> dict[str, Any]:
-    named: dict[str, Any] = {}
-
-    def collect(s: Any) -> None:
-        if isinstance(s, dict):
-            if s.get("type") in ("record", "enum", "fixed") and "name" in s:
-                named[s["name"]] = s
-            for f in s.get("fields", []):
-                collect(f["type"])
-            collect(s.get("items"))
-            collect(s.get("values"))
-        elif isinstance(s, list):
-            for b in s:
-                collect(b)
-
-    collect(parsed)
-    return named
 
 
 def _b64(value: Any, where: str) -> Any:
@@ -288,7 +269,7 @@ def json_to_wire(data: bytes, attributes: Mapping[str, str]) -> bytes:
             "value-added topic's message?)",
         )
     try:
-        revived = _revive(record, parsed, _named_types(parsed), "")
+        revived = _revive(record, parsed, named_types(parsed), "")
         return encode_wire(schema_id, parsed, revived)
     except _Misfit as e:
         raise AlertDecodeError("bad_json", f"does not fit schema {version}: {e}") from e
@@ -418,14 +399,4 @@ class DecodeMessages(beam.DoFn):
             alerts, error = decode_message(data, attributes, source)
         except Exception as e:  # a bug, not bad data; still never lose the input
             alerts, error = [], e
-        for alert in alerts:
-            self.alerts.inc()
-            yield alert
-        if error is not None:
-            self.dead.inc()
-            reason = getattr(error, "reason", None) or f"internal: {type(error).__name__}: {error}"
-            if alerts:
-                reason += f" (after {len(alerts)} record(s) decoded)"
-            yield beam.pvalue.TaggedOutput(
-                TAG_DEAD_LETTERS, dead_letter(STAGE_DECODE, reason, source, data)
-            )
+        yield from decoded_outputs(alerts, error, source, data, self.alerts, self.dead)

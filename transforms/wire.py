@@ -39,6 +39,7 @@ __all__ = [
     "is_wire_format",
     "known_schema_ids",
     "lsst_schema_id",
+    "named_types",
     "schema_id_of",
     "schema_sources",
     "to_wire",
@@ -279,6 +280,11 @@ def conform(record: dict[str, Any], parsed_schema: Any) -> dict[str, Any]:
     allows it, and fields the schema lacks are dropped. Anything else is left for the encoder to
     accept or refuse.
     """
+    return _conform(record, parsed_schema, named_types(parsed_schema))
+
+
+def named_types(parsed_schema: Any) -> dict[str, Any]:
+    """Every named type (record, enum, fixed) of a parsed schema, by its full name."""
     named: dict[str, Any] = {}
 
     def collect(s: Any) -> None:
@@ -294,7 +300,7 @@ def conform(record: dict[str, Any], parsed_schema: Any) -> dict[str, Any]:
                 collect(b)
 
     collect(parsed_schema)
-    return _conform(record, parsed_schema, named)
+    return named
 
 
 def schema_id_of(record: dict[str, Any], schema_name: str = "") -> int | None:
