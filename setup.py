@@ -42,7 +42,7 @@ setup(
     packages=["pipeline", "transforms", "transforms.surveys", "model", "simulator", "bench"],
     package_data={
         "simulator": ["schema/*.avsc"],
-        "model": ["default/**/*"],
+        "model": ["default/**/*", "default_lsst/**/*"],
         "pipeline": ["assets/*"],
     },
     include_package_data=True,

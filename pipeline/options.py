@@ -540,7 +540,8 @@ def _add_streaming_arguments(group: Any) -> None:
         "--model-watch",
         default=None,
         metavar="GLOB",
-        help=f"reload new model versions: glob of their {METADATA_FILE} files",
+        help=f"reload new model versions: glob of their {METADATA_FILE} files (one model: the "
+        "--model given, else the survey's shipped one, ZTF's for --survey auto)",
     )
     group.add_argument(
         "--model-watch-mode",

@@ -24,8 +24,19 @@ from transforms.schema import CLASS_NAMES  # noqa: E402
 from transforms.sources import decode_paths  # noqa: E402
 
 #: SIMBAD object types that imply a class (others are listed but imply none).
-SIMBAD_CLASS = {"QSO": "AGN", "AGN": "AGN", "Sy1": "AGN", "Sy2": "AGN", "AG?": "AGN",
-                "Q?": "AGN", "V*": "VS", "RR*": "VS", "EB*": "VS", "Mi*": "VS", "LP*": "VS"}
+SIMBAD_CLASS = {
+    "QSO": "AGN",
+    "AGN": "AGN",
+    "Sy1": "AGN",
+    "Sy2": "AGN",
+    "AG?": "AGN",
+    "Q?": "AGN",
+    "V*": "VS",
+    "RR*": "VS",
+    "EB*": "VS",
+    "Mi*": "VS",
+    "LP*": "VS",
+}
 
 
 def facts(paths: list[str]) -> dict[int, dict]:
@@ -50,12 +61,26 @@ def facts(paths: list[str]) -> dict[int, dict]:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print("usage: python scripts/rubin_real_table.py RUN_OUTPUT ALERT_DIRS...", file=sys.stderr)
+        return 2
     out_dir, inputs = argv[0], argv[1:]
     rows = pq.read_table(Path(out_dir) / "probabilities").to_pylist()
     known = facts(inputs)
+    missing = [r["candid"] for r in rows if r["candid"] not in known]
+    if missing:
+        print(
+            f"{len(missing)} rows of {out_dir} are not among the alerts given (e.g. "
+            f"{missing[0]}): give the run's inputs",
+            file=sys.stderr,
+        )
+        return 2
     rows.sort(key=lambda r: (not known[r["candid"]]["first"], r["candid"]))
-    print("| diaSourceId | first det. | band | S/N | class | " + " | ".join(
-        f"p({c})" for c in CLASS_NAMES) + " | known | agrees |")
+    print(
+        "| diaSourceId | first det. | band | S/N | class | "
+        + " | ".join(f"p({c})" for c in CLASS_NAMES)
+        + " | known | agrees |"
+    )
     print("|---|:-:|:-:|--:|---|" + "--:|" * len(CLASS_NAMES) + "---|:-:|")
     agree = total = 0
     for r in rows:
@@ -66,16 +91,19 @@ def main(argv: list[str]) -> int:
             agree += r["predicted_class"] == k["expected"]
             ok = "yes" if r["predicted_class"] == k["expected"] else f"no ({k['expected']})"
         probs = " | ".join(f"{r['p_' + c]:.2f}" for c in CLASS_NAMES)
+        snr = "" if k["snr"] is None else f"{k['snr']:.1f}"
         print(
-            f"| {r['candid']} | {'yes' if k['first'] else 'no'} | {k['band']} | {k['snr']:.1f} "
+            f"| {r['candid']} | {'yes' if k['first'] else 'no'} | {k['band']} | {snr} "
             f"| {r['predicted_class']} | {probs} | {k['known']} | {ok} |"
         )
     counts = {c: sum(r["predicted_class"] == c for r in rows) for c in CLASS_NAMES}
     firsts = [r for r in rows if known[r["candid"]]["first"]]
     fcounts = {c: sum(r["predicted_class"] == c for r in firsts) for c in CLASS_NAMES}
     print()
-    print(f"{len(rows)} alerts: {counts}; first detections ({len(firsts)}): {fcounts}; "
-          f"agrees with a known fact: {agree}/{total}")
+    print(
+        f"{len(rows)} alerts: {counts}; first detections ({len(firsts)}): {fcounts}; "
+        f"agrees with a known fact: {agree}/{total}"
+    )
     return 0
 
 

@@ -6,9 +6,10 @@ import argparse
 import os
 import sys
 
-from pipeline.argtypes import fraction, positive_int
+from pipeline.argtypes import fraction, non_negative_int, positive_int
 
-DEFAULT_NIGHT = "20180815"
+#: ``--night`` when not given, per survey: a ZTF night of 2018, a Rubin dayObs of 2026.
+DEFAULT_NIGHT = {"ztf": "20180815", "lsst": "20260305"}
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -29,7 +30,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             args.n,
             args.out,
             seed=args.seed,
-            night=args.night,
+            night=args.night or DEFAULT_NIGHT["ztf"],
             mix=args.mix,
             fmt=args.format,
             detections_per_object=args.detections_per_object,
@@ -37,7 +38,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             workers=args.workers,
             first_detections=args.first_detections,
         )
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad values; an --out that cannot be written
         print(f"stampflow simulate: {e}", file=sys.stderr)
         return 2
     where = s.archive_path or s.out_dir
@@ -70,7 +71,7 @@ def _run_simulate_lsst(args: argparse.Namespace) -> int:
             args.n,
             args.out,
             seed=args.seed,
-            night=args.night if args.night != DEFAULT_NIGHT else "20260305",
+            night=args.night or DEFAULT_NIGHT["lsst"],
             mix=args.mix,
             fmt=fmt,
             first_detections=args.first_detections,
@@ -78,7 +79,7 @@ def _run_simulate_lsst(args: argparse.Namespace) -> int:
             schema_dir=args.schema_dir,
             version=args.schema_version,
         )
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad values; an --out that cannot be written
         print(f"stampflow simulate: {e}", file=sys.stderr)
         return 2
     print(
@@ -125,10 +126,10 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         )
         p.add_argument("--n", type=positive_int, required=True, help="number of alerts")
         p.add_argument("--out", required=True, help="output directory")
-        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
         p.add_argument(
             "--night",
-            default=DEFAULT_NIGHT,
+            default=None,
             help="UT date YYYYMMDD (default 20180815; for lsst the dayObs, default 20260305)",
         )
         p.add_argument(

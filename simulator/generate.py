@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,6 +138,8 @@ def parse_mix(mix: str | dict[str, float] | None) -> dict[str, float]:
         items = {}
         for part in filter(None, (p.strip() for p in mix.split(","))):
             name, _, value = part.partition("=")
+            if name.strip() in items:
+                raise ValueError(f"class {name.strip()!r} given twice in the mix")
             try:
                 items[name.strip()] = float(value)
             except ValueError as e:
@@ -145,7 +148,7 @@ def parse_mix(mix: str | dict[str, float] | None) -> dict[str, float]:
     unknown = set(mix) - set(CLASS_NAMES)
     if unknown:
         raise ValueError(f"unknown classes in mix: {sorted(unknown)}; use {CLASS_NAMES}")
-    if any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+    if not all(math.isfinite(v) and v >= 0 for v in mix.values()) or sum(mix.values()) <= 0:
         raise ValueError(f"mix fractions must be >= 0 and not all zero: {mix}")
     total = sum(mix.values())
     return {c: mix.get(c, 0.0) / total for c in CLASS_NAMES}

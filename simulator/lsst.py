@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import importlib.util
 import io
 import multiprocessing as mp
@@ -72,8 +73,11 @@ DEFAULT_MIX = {c: 0.2 for c in CLASS_NAMES}
 #: Of the 22 real Rubin first detections, 5 are known asteroids and most of the rest are faint
 #: (S/N 5-8) with low reliability: bogus-dominated, as ZTF's (ALeRCE, paper Appendix E).
 FIRST_DETECTION_MIX = {"AGN": 0.04, "SN": 0.08, "VS": 0.10, "asteroid": 0.18, "bogus": 0.60}
-#: Share of alerts that are their object's first detection, per class (default mode).
-FIRST_SHARE = {"AGN": 0.1, "SN": 0.35, "VS": 0.1, "asteroid": 1.0, "bogus": 0.85}
+#: Share of alerts that are their object's first detection, per class (default mode). Asteroids
+#: are always (no history); bogus too, except the artefacts that recur at a fixed place on the sky
+#: (:data:`PERSISTENT`), first in PERSISTENT_FIRST_SHARE of their alerts.
+FIRST_SHARE = {"AGN": 0.1, "SN": 0.35, "VS": 0.1}
+PERSISTENT_FIRST_SHARE = 0.7
 #: Artefacts that recur at a fixed place on the sky (and so can have a history).
 PERSISTENT = ("dipole", "psf_mismatch", "bright_star")
 CHUNK = 128
@@ -129,6 +133,13 @@ DETECTOR = (4072, 4000)
 #: at 1.9e17 so they never collide with a real alert).
 ID_BASE = 190_000_000_000_000_000
 SS_ID_BASE = 30_000_000_000_000_000
+#: Ids per alert: the alert's diaSourceId is its block's first, its earlier detections the next
+#: ones (up to HISTORY_IDS), its forced sources from FORCED_ID_OFFSET, its diaObjectId the last.
+ID_BLOCK = 1024
+HISTORY_IDS = 511
+FORCED_ID_OFFSET = 512
+#: Alerts per run with their own ids (and bits of the alert index in an id).
+INDEX_BITS = 24
 EXPOSURE = 30.0  # [s]
 
 
@@ -148,8 +159,7 @@ def _schema(schema_dir: str, version: str) -> Any:
     from transforms import wire
 
     major, minor = (int(x) for x in version.split("."))
-    wire.configure_schemas([schema_dir])
-    parsed = wire.writer_schema(wire.lsst_schema_id(major, minor))
+    parsed = wire.schema_in(schema_dir, wire.lsst_schema_id(major, minor))
     if parsed is None:
         raise ValueError(f"no lsst.v{major}_{minor} alert schema under {schema_dir}")
     return parsed
@@ -220,6 +230,8 @@ def plan(
     """
     from simulator.generate import parse_mix
 
+    if n >= 1 << INDEX_BITS:
+        raise ValueError(f"at most {(1 << INDEX_BITS) - 1} alerts per run (ids), got {n}")
     if version not in SCHEMA_VERSIONS:
         raise ValueError(f"schema version must be one of {SCHEMA_VERSIONS}, got {version!r}")
     md.parse_night(night)
@@ -236,6 +248,13 @@ def plan(
         for i, s in zip(idx, _pick(SUBTYPES[name], idx.size, rng), strict=True):
             sub[i] = s
     return LsstPlan(n, seed, night, version, first_detections, cls, sub, [*range(0, n, CHUNK), n])
+
+
+def _id_block(p: LsstPlan, i: int) -> int:
+    """First id of alert ``i``'s block: unique across alerts, seeds (mod 1000) and nights (mod
+    4096 days), so several simulated nights can be classified or trained on together."""
+    key = (int(_mjd_of(p.night)) % 4096) * 1000 + p.seed % 1000
+    return ID_BASE + ((key << INDEX_BITS) | i) * ID_BLOCK
 
 
 def _mjd_of(night: str) -> float:
@@ -628,17 +647,18 @@ def _packet(p, i, name, sub, band, mjd, scene, info, st, m, fields, rng):
     ra, dec = _sky_position(name, sub, mjd, rng)
     visit = int(p.night) * 100000 + int(rng.integers(1, 1200))
     detector = int(rng.integers(0, 189))
-    dia_source_id = ID_BASE + p.seed % 1000 * 10**12 + i * 2**10
-    first = (
-        p.first_detections
-        or name == "asteroid"
-        or (rng.random() < FIRST_SHARE[name] if kind not in PERSISTENT else rng.random() < 0.7)
-        or (name == "bogus" and kind not in PERSISTENT)
-    )
+    base = _id_block(p, i)
+    dia_source_id = base
+    if p.first_detections or name == "asteroid":
+        first = True
+    elif name == "bogus":
+        first = kind not in PERSISTENT or rng.random() < PERSISTENT_FIRST_SHARE
+    else:
+        first = rng.random() < FIRST_SHARE[name]
     known = name == "asteroid" and sub == "known"
     # An unknown mover is a new diaObject at every visit (no history); a known one has none.
-    dia_object_id = 0 if known else ID_BASE + p.seed % 1000 * 10**12 + i * 2**10 + 1
-    ss_object_id = SS_ID_BASE + p.seed % 1000 * 10**10 + i if known else 0
+    dia_object_id = 0 if known else base + ID_BLOCK - 1
+    ss_object_id = SS_ID_BASE + (base - ID_BASE) // ID_BLOCK if known else 0
     if scene.edge is not None:
         side, width = scene.edge
         x = (
@@ -806,7 +826,7 @@ def _packet(p, i, name, sub, band, mjd, scene, info, st, m, fields, rng):
                 {
                     k: v
                     for k, v in {
-                        "diaForcedSourceId": dia_source_id - 2**10 * (j + 1) + 3,
+                        "diaForcedSourceId": base + FORCED_ID_OFFSET + j,
                         "diaObjectId": dia_object_id,
                         "ra": ra,
                         "dec": dec,
@@ -828,7 +848,7 @@ def _packet(p, i, name, sub, band, mjd, scene, info, st, m, fields, rng):
                 d = dict(src)
                 d.update(
                     {
-                        "diaSourceId": dia_source_id - 2**10 * (j + 1) + 5,
+                        "diaSourceId": base + 1 + len(prv),
                         "visit": vj,
                         "midpointMjdTai": tj,
                         "psfFlux": obs,
@@ -847,7 +867,7 @@ def _packet(p, i, name, sub, band, mjd, scene, info, st, m, fields, rng):
             d = dict(src)
             d.update(
                 {
-                    "diaSourceId": dia_source_id - 7,
+                    "diaSourceId": base + 1,
                     "midpointMjdTai": float(t[-1]),
                     "visit": int(_night_of(t[-1])) * 100000 + 7,
                 }
@@ -1020,7 +1040,9 @@ def _run_chunk(args: tuple[LsstPlan, int, str, str, str]) -> list[dict]:
     name = f"alerts-{p.night}-{chunk:05d}"
     if fmt == "avro":
         with open(Path(out_dir, f"{name}.avro"), "wb") as fh:
-            fastavro.writer(fh, parsed, records, codec="deflate")
+            # A sync marker from the arguments (fastavro draws a random one): same bytes each run.
+            marker = hashlib.md5(f"{p.seed}/{p.night}/{chunk}".encode()).digest()
+            fastavro.writer(fh, parsed, records, codec="deflate", sync_marker=marker)
     elif fmt == "parquet":
         Path(out_dir, f"{name}.parquet").write_bytes(_parquet_bytes(records, parsed))
     else:

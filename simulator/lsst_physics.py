@@ -388,6 +388,14 @@ def _adaptive_moments(img: np.ndarray, cx: float, cy: float, s0: float, noise: f
     return a[0, 0], a[1, 1], a[0, 1]
 
 
+def _psf_in_stamp(size: int, cx: float, cy: float, fwhm: float, beta: float, e) -> np.ndarray:
+    """The PSF at ``(cx, cy)`` on the stamp, normalised over the whole grid (its wings beyond the
+    stamp count): a fit then gives total fluxes, as Rubin's PSF photometry does."""
+    lo = (GRID - size) // 2
+    full = moffat(GRID, cx + lo, cy + lo, fwhm, beta, e)
+    return full[lo : lo + size, lo : lo + size]
+
+
 def measure(st: Stamps, scene: Scene) -> Measurement:
     """Measure a rendered alert as Rubin's pipeline would.
 
@@ -405,10 +413,10 @@ def measure(st: Stamps, scene: Scene) -> Measurement:
     """
     size = st.difference.shape[0]
     cx, cy = st.centre
-    p = moffat(size, cx, cy, scene.fwhm, scene.beta, scene.psf_e)
+    p = _psf_in_stamp(size, cx, cy, scene.fwhm, scene.beta, scene.psf_e)
     psf_flux, psf_err = _fit(st.difference, st.var_difference, p)
     sci_flux, sci_err = _fit(st.science, st.var_science, p)
-    pt = moffat(size, cx, cy, scene.fwhm_tpl, 3.5)
+    pt = _psf_in_stamp(size, cx, cy, scene.fwhm_tpl, 3.5, (0.0, 0.0))
     tpl_flux, tpl_err = _fit(st.template, st.var_template, pt)
     tpl_err *= TEMPLATE_ERR_SCALE
     # Peak significance of the matched-filtered difference within 2 px of the centre (the

@@ -39,14 +39,26 @@ def scale_stamp(img: np.ndarray, lo: float = 1.0, hi: float = 99.5) -> np.ndarra
     return np.nan_to_num(np.clip(out, 0, 1), nan=0.0)
 
 
-def _iter_alerts(path: Path) -> Iterator[tuple[int, dict[str, bytes | None]]]:
-    """``(candid, {kind: cutout bytes})`` of every alert under ``path``, any survey and container
-    the pipeline reads (ZTF files and archives, Rubin Avro, Parquet, wire format)."""
-    from transforms.sources import decode_paths
+def _iter_alerts(
+    path: Path, unreadable: list[str]
+) -> Iterator[tuple[int, dict[str, bytes | None]]]:
+    """``(candid, {kind: cutout bytes})`` of every alert under ``path`` with its three cutouts, any
+    survey and container the pipeline reads (ZTF files and archives, Rubin Avro, Parquet, wire
+    format); what could not be read, and alerts missing a cutout, are named in ``unreadable``."""
+    from transforms.sources import NoInputError, decode_paths
 
-    for item in decode_paths([str(path)]):
-        for alert in item.alerts:
-            yield alert.candid, {kind: alert.cutout_bytes(kind) for kind in STAMP_KINDS}
+    try:
+        for item in decode_paths([str(path)]):
+            if item.read_error or item.decode_error:
+                unreadable.append(f"{item.source}: {item.read_error or item.decode_error}")
+            for alert in item.alerts:
+                cutouts = {kind: alert.cutout_bytes(kind) for kind in STAMP_KINDS}
+                if any(c is None for c in cutouts.values()):
+                    unreadable.append(f"{alert.candid}: a cutout is missing")
+                    continue
+                yield alert.candid, cutouts
+    except NoInputError as e:
+        raise FileNotFoundError(f"--alerts: {e.reason}") from e
 
 
 def montage(
@@ -83,8 +95,11 @@ def montage(
 
     if by not in ("class", "subtype"):
         raise ValueError(f"by must be 'class' or 'subtype', got {by!r}")
-    with open(labels, newline="") as fh:
-        label_of = {int(r["candid"]): r for r in csv.DictReader(fh)}
+    try:
+        with open(labels, newline="") as fh:
+            label_of = {int(r["candid"]): r for r in csv.DictReader(fh)}
+    except OSError as e:
+        raise FileNotFoundError(f"--labels {labels}: {e.strerror or e}") from e
     groups = {c: [] for c in CLASS_NAMES} if by == "class" else {}
     for r in label_of.values():
         if by == "subtype" and not r.get("defect"):
@@ -92,7 +107,8 @@ def montage(
     if by == "subtype":
         order = sorted(groups, key=lambda k: (CLASS_NAMES.index(k[0]), k[1]))
         groups = {k: groups[k] for k in order}
-    for candid, cutouts in _iter_alerts(Path(alerts)):
+    unreadable: list[str] = []
+    for candid, cutouts in _iter_alerts(Path(alerts), unreadable):
         row = label_of.get(int(candid))
         if row is None or row.get("defect"):
             continue
@@ -103,7 +119,8 @@ def montage(
             break
     rows = [(row["class"], cutouts, row) for v in groups.values() for cutouts, row in v]
     if not rows:
-        raise ValueError(f"no labelled alerts found in {alerts}")
+        skipped = f" ({len(unreadable)} unreadable, e.g. {unreadable[0]})" if unreadable else ""
+        raise ValueError(f"no labelled alerts found in {alerts}{skipped}")
     fig, axes = plt.subplots(len(rows), 3, figsize=(4.2, 1.45 * len(rows)), squeeze=False)
     for r, (cls, cutouts, label) in enumerate(rows):
         for col, (key, title) in enumerate(COLUMNS):

@@ -517,7 +517,6 @@ def test_stampflow_run_streaming_classifies_lsst_alerts_json_messages(
     rows, dead = Collector(subscriber, names["rows"][1]), Collector(subscriber, names["dead"][1])
     result = start_streaming(opts)
     try:
-        time.sleep(5)  # let the reader start pulling and RunInference load the model
         topic = names["lsst-alerts-json"][0]
         sent = [(j, a) for _, _, j, a in lsst_messages] + [(d, a) for d, a, _ in broken]
         for data, attrs in sent:

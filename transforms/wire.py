@@ -41,6 +41,7 @@ __all__ = [
     "lsst_schema_id",
     "named_types",
     "schema_id_of",
+    "schema_in",
     "schema_sources",
     "to_wire",
     "writer_schema",
@@ -173,6 +174,13 @@ def _from_registry(url: str, schema_id: int) -> Any:
     return fastavro.parse_schema(json.loads(body["schema"]))
 
 
+def schema_in(directory: str, schema_id: int) -> Any:
+    """The parsed schema of registry id ``schema_id`` from one schema directory, or None; the
+    process's configured sources (:func:`configure_schemas`) are left as they are."""
+    path = _index(directory).get(schema_id)
+    return None if path is None else fastavro.schema.load_schema(path)
+
+
 def writer_schema(schema_id: int) -> Any:
     """The parsed writer schema of registry id ``schema_id``, or None when no source has it."""
     if schema_id in _CACHE:
@@ -180,10 +188,9 @@ def writer_schema(schema_id: int) -> Any:
     sources = _SOURCES
     parsed = None
     for directory in sources.dirs:
-        path = _index(directory).get(schema_id)
-        if path is not None:
-            # load_schema resolves the named types (diaSource, ...) from the files beside it.
-            parsed = fastavro.schema.load_schema(path)
+        # load_schema resolves the named types (diaSource, ...) from the files beside it.
+        parsed = schema_in(directory, schema_id)
+        if parsed is not None:
             break
     if parsed is None and sources.registry:
         try:
