@@ -340,7 +340,15 @@ def test_ztf_and_rubin_alerts_in_one_run(rubin_model, tmp_path):
 def test_survey_and_model_options_are_checked(rubin_model):
     base = ["--input", str(REAL_RUBIN[0]), "--output", "/tmp/stampflow-unused"]
     with pytest.raises(OptionsError, match="--survey lsst: no --model classifies lsst alerts"):
-        parse([*base, "--survey", "lsst"])
+        parse(
+            [
+                *base,
+                "--survey",
+                "lsst",
+                "--model",
+                str(Path(__file__).parents[1] / "model" / "default"),
+            ]
+        )
     with pytest.raises(OptionsError, match="both classify lsst alerts"):
         parse([*base, "--model", str(rubin_model), "--model", str(rubin_model)])
     with pytest.raises(OptionsError, match=r"no --model classifies ztf alerts \(.* is for lsst"):
