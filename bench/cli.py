@@ -15,7 +15,8 @@ The flow::
 
     stampflow bench --quick                       # 5k alerts, a few minutes
     stampflow bench --alerts 50000 --json bench.json --sizes 5000,20000
-    stampflow bench --streaming --rates 5,20,50   # Pub/Sub emulator latency (bench.streaming)
+    stampflow bench --streaming --rates 50,330 --stream-seconds 60   # Pub/Sub emulator
+    stampflow bench --streaming --streaming-mode backlog --backlog 5000  # (bench.streaming)
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REAL = ROOT.parent / "shared" / "data" / "ztf_alerts"
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "stampflow-bench"
 DEFAULT_ALERTS, QUICK_ALERTS = 50_000, 5_000
-#: Alerts published per rate by ``--streaming`` (about 100 first detections).
-STREAMING_ALERTS = 400
 
 
 def run_bench(
@@ -502,7 +501,11 @@ def _sizes(text: str) -> tuple[int, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's typed flags."""
     parser.add_argument(
-        "--alerts", type=positive_int, default=None, help=f"night size (default {DEFAULT_ALERTS:,})"
+        "--alerts",
+        type=positive_int,
+        default=None,
+        help=f"night size (default {DEFAULT_ALERTS:,}); with --streaming: messages per steady "
+        "rate (instead of rate x --stream-seconds)",
     )
     parser.add_argument(
         "--quick", action="store_true", help=f"{QUICK_ALERTS:,} alerts and shorter measurements"
@@ -558,18 +561,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", type=str, default=None, help="also cProfile an in-process run, report here"
     )
-    parser.add_argument(
+    streaming = parser.add_argument_group(
+        "--streaming", "capacity of the streaming job on the Pub/Sub emulator (bench.streaming)"
+    )
+    streaming.add_argument(
         "--streaming",
         action="store_true",
-        help="instead: publish → classification latency on the Pub/Sub emulator (bench.streaming)",
+        help="instead: the streaming job, the publisher and the emulator in their own processes: "
+        "publish → row latency at steady rates, backlog drain rates, CPU, nothing lost",
     )
-    parser.add_argument(
+    streaming.add_argument(
+        "--streaming-mode",
+        choices=("steady", "backlog", "both"),
+        default="steady",
+        help="steady: publish at each --rates; backlog: publish --backlog messages, then start "
+        "the job; both (default steady)",
+    )
+    streaming.add_argument(
         "--rates",
-        type=lambda s: tuple(float(x) for x in s.split(",")),
-        default=(5.0, 20.0, 50.0),
-        help="with --streaming: publish rates [messages/s] (default 5,20,50)",
+        type=_rates,
+        default=(50.0, 330.0, 1000.0),
+        help="steady publish rates [messages/s] (default 50,330,1000)",
+    )
+    streaming.add_argument(
+        "--stream-seconds",
+        type=_positive_float,
+        default=60.0,
+        help="steady: publishing time per rate, rate x this many messages (default 60)",
+    )
+    streaming.add_argument(
+        "--backlog",
+        type=_sizes,
+        default=(5000, 20000),
+        help="backlog sizes [messages] (default 5000,20000)",
+    )
+    streaming.add_argument(
+        "--hold-seconds",
+        type=_positive_float,
+        default=4.0,
+        help="the job's --hold-seconds (default 4)",
+    )
+    streaming.add_argument(
+        "--drain-timeout",
+        type=_positive_float,
+        default=300.0,
+        help="longest wait for the rows after the last publish (steady) or the job's start "
+        "(backlog) [s]; rows still missing then count as infinitely late (default 300)",
     )
     parser.add_argument("--verbose", action="store_true", help="show library logs")
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--rates wants R,R,..., got {text!r}") from e
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError(f"--rates must be > 0 messages/s, got {text!r}")
+    return rates
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _cached_night(cache: Path, n: int, seed: int) -> Path | None:
+    """The smallest night simulated before with at least ``n`` alerts (runs use its first
+    files), or None."""
+    from bench.end_to_end import DETECTIONS_PER_OBJECT
+
+    found = []
+    for d in cache.glob(f"night-n*-s{seed}-d{DETECTIONS_PER_OBJECT}"):
+        size = d.name.split("-")[1][1:]
+        if (d / ".complete").is_file() and size.isdigit() and int(size) >= n:
+            found.append((int(size), d))
+    return min(found)[1] if found else None
 
 
 def _streaming(args: argparse.Namespace) -> int:
@@ -577,17 +646,35 @@ def _streaming(args: argparse.Namespace) -> int:
     from transforms.alerts import decode_alerts
 
     cache = Path(args.cache)
-    alerts = args.alerts or STREAMING_ALERTS
-    print(f"simulating {alerts} alerts and exporting the benchmark model ...")
-    night = end_to_end.simulate_night(alerts, cache, args.seed)
+    mode = args.streaming_mode
+    rates = args.rates if mode in ("steady", "both") else ()
+    backlogs = args.backlog if mode in ("backlog", "both") else ()
+    # --alerts: messages per steady rate (as before); else rate x --stream-seconds.
+    per_rate = [args.alerts or max(1, round(r * args.stream_seconds)) for r in rates]
+    needed = max([*backlogs, *(n + streaming.WARMUP_MESSAGES for n in per_rate), 256])
+    night = _cached_night(cache, needed, args.seed)
+    if night is None:
+        print(f"simulating {needed:,} alerts (cached) ...")
+        night = end_to_end.simulate_night(needed, cache, args.seed)
+    print(f"night {night}; exporting the benchmark model (cached) ...")
     files = end_to_end.alert_files(night)[:256]
     fit = [a for f in files for a in decode_alerts(f.read_bytes(), "bench")[0]]
     model_dir = stages.build_bench_model(fit, cache / f"model-s{args.seed}", args.seed)
-    print(f"streaming at {', '.join(f'{r:g}' for r in args.rates)} messages/s ...")
-    results = streaming.measure(night, model_dir, args.rates)
-    print(streaming.format_markdown(results))
+    work = cache / "streaming" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    result = streaming.measure(
+        night,
+        model_dir,
+        rates=rates,
+        backlogs=backlogs,
+        seconds=args.stream_seconds,
+        messages=args.alerts,
+        hold_s=args.hold_seconds,
+        timeout_s=args.drain_timeout,
+        work_dir=work,
+    )
+    print(streaming.format_markdown(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(streaming.to_json(result))
     return 0
 
 

@@ -310,9 +310,10 @@ def test_ztf_and_rubin_alerts_in_one_run(rubin_model, tmp_path):
     # A single ZTF first detection (2018-06-01, no earlier detection in its history).
     ztf_file = REAL / "AmpelProject__Ampel-ZTF/alerts/ztf_public_20180601/516171791415015025.avro"
     inputs = ["--input", str(ztf_file), str(REAL_RUBIN[0])]
-    # Only the shipped ZTF model: the Rubin alerts are dead letters that say what to do.
+    # Only the ZTF model given: the Rubin alerts are dead letters that say what to do.
+    default = str(Path(__file__).resolve().parents[1] / "model" / "default")
     out = tmp_path / "ztf_only"
-    summary = run([*inputs, "--output", str(out)])
+    summary = run([*inputs, "--output", str(out), "--model", default])
     assert summary["reconciled"] and summary["classified"] >= 1
     rubin_dead = [d for d in _dead(out) if d["reason"].startswith("no_model: a lsst alert")]
     assert rubin_dead and all("give --model with a lsst model" in d["reason"] for d in rubin_dead)
