@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from simulator import generate as gen
 from simulator import metadata as md
@@ -68,6 +71,23 @@ def _run_chunk(args: tuple[gen.NightPlan, int, str, str]) -> tuple[list[dict], b
             parts.append(tar_member(name, payload, mtime))
         labels.append(label)
     return labels, gzip_member(b"".join(parts)) if parts else b""
+
+
+@contextlib.contextmanager
+def chunk_results(run: Callable[[Any], Any], jobs: list[Any], workers: int) -> Iterator[Any]:
+    """``run`` over ``jobs`` in worker processes, results in job order (so the output does not
+    depend on ``workers``); in this process when one worker or one job."""
+    if workers == 1 or len(jobs) <= 1:
+        yield map(run, jobs)
+        return
+    # fork is fastest on Linux; spawn elsewhere (macOS, Windows).
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    pool = mp.get_context(method).Pool(workers)
+    try:
+        yield pool.imap(run, jobs)  # imap keeps job order
+    finally:
+        pool.close()
+        pool.join()
 
 
 def simulate(
@@ -131,16 +151,8 @@ def simulate(
         with labels_path.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS)
             writer.writeheader()
-            if workers == 1:
-                results = map(_run_chunk, jobs)
-                pool = None
-            else:
-                # fork is fastest on Linux; spawn elsewhere (macOS, Windows).
-                method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-                pool = mp.get_context(method).Pool(workers)
-                results = pool.imap(_run_chunk, jobs)
-            try:
-                for labels, member in results:  # imap keeps chunk order: deterministic output
+            with chunk_results(_run_chunk, jobs, workers) as results:
+                for labels, member in results:  # in chunk order: deterministic output
                     writer.writerows(labels)
                     for row in labels:
                         classes[row["class"]] = classes.get(row["class"], 0) + 1
@@ -148,10 +160,6 @@ def simulate(
                             defect_counts[row["defect"]] = defect_counts.get(row["defect"], 0) + 1
                     if tar_fh is not None:
                         tar_fh.write(member)
-            finally:
-                if pool is not None:
-                    pool.close()
-                    pool.join()
         if tar_fh is not None:
             tar_fh.write(gzip_member(TAR_END))
     finally:

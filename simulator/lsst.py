@@ -22,7 +22,6 @@ import datetime as dt
 import hashlib
 import importlib.util
 import io
-import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import numpy as np
 
 from simulator import lsst_physics as ph
 from simulator import metadata as md
-from simulator.core import LABEL_COLUMNS, SimulationSummary
+from simulator.core import LABEL_COLUMNS, SimulationSummary, chunk_results
 
 __all__ = [
     "FORMATS",
@@ -1123,23 +1122,12 @@ def simulate_lsst(
     with labels_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS)
         writer.writeheader()
-        if workers == 1 or len(jobs) == 1:
-            results = map(_run_chunk, jobs)
-            pool = None
-        else:
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            pool = mp.get_context(method).Pool(workers)
-            results = pool.imap(_run_chunk, jobs)
-        try:
+        with chunk_results(_run_chunk, jobs, workers) as results:
             for labels in results:
                 writer.writerows(labels)
                 for row in labels:
                     classes[row["class"]] = classes.get(row["class"], 0) + 1
                     objects.add(row["objectId"])
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
     seconds = time.perf_counter() - t0
     return SimulationSummary(
         n_alerts=n,
